@@ -1,0 +1,251 @@
+"""The aiohttp application: routes, auth, error shapes, and the proxy handler (DESIGN §5)."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from aiollmux.config import Config
+from aiollmux.errors import (
+    BodyTooLarge,
+    InvalidJSON,
+    ModelRequired,
+    RequestError,
+    Unauthorized,
+    error_body,
+    shape_of,
+)
+from aiollmux.metrics import CONTENT_TYPE, Metrics
+from aiollmux.multiplexer import Multiplexer
+from aiollmux.proxy import Proxy
+from aiollmux.routing import find_model
+
+logger = logging.getLogger(__name__)
+
+MULTIPLEXER = web.AppKey("multiplexer", Multiplexer)
+PROXY = web.AppKey("proxy", Proxy)
+METRICS = web.AppKey("metrics", Metrics)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def error_response(error: RequestError) -> web.Response:
+    shape = shape_of(error)
+    return web.json_response(
+        error_body(error.message, shape), status=shape.status, headers=error.headers
+    )
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RequestError as error:
+        return error_response(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        shape = error_body(exc.reason, shape_of(RequestError(exc.reason)))
+        shape["error"]["type"] = "invalid_request_error" if exc.status < 500 else "server_error"
+        shape["error"]["code"] = exc.reason.lower().replace(" ", "_")
+        return web.json_response(shape, status=exc.status)
+
+
+def _bearer(request: web.Request) -> str | None:
+    value = request.headers.get("Authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _matches_any(token: str | None, secrets: tuple[str, ...]) -> bool:
+    if token is None:
+        return False
+    found = False
+    for secret in secrets:  # no early exit: the time taken does not tell which key matched
+        found |= hmac.compare_digest(token.encode(), secret.encode())
+    return found
+
+
+def check_api_key(request: web.Request) -> None:
+    keys = request.app[MULTIPLEXER].config.api_keys
+    if keys and not _matches_any(_bearer(request), keys):
+        raise Unauthorized("a valid API key is required: Authorization: Bearer <key>")
+
+
+def admin_token(config: Config) -> str | None:
+    return config.admin_token or os.environ.get("LLMUX_ADMIN_TOKEN") or None
+
+
+def check_admin(request: web.Request) -> None:
+    token = admin_token(request.app[MULTIPLEXER].config)
+    if token is not None:
+        if not _matches_any(_bearer(request), (token,)):
+            raise Unauthorized("the admin token is required: Authorization: Bearer <token>")
+        return
+    if not _is_loopback(request.remote):
+        raise Unauthorized("admin routes answer only loopback clients when no admin_token is set")
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if remote is None:
+        return False
+    try:
+        return ipaddress.ip_address(remote.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def proxy_handler(request: web.Request) -> web.StreamResponse:
+    mux = request.app[MULTIPLEXER]
+    config = mux.config
+    check_api_key(request)
+    started = time.monotonic()
+    body = await read_body(request, config.max_request_body_bytes)
+    field = find_model(body, request.headers.get("Content-Type", ""))
+    model = mux.resolve(field.name)
+    if model.upstream_model is not None:
+        body = field.rewrite(body, model.upstream_model)
+    metrics = request.app[METRICS]
+    status = "499"  # the client went away before an answer (nginx's convention)
+    try:
+        guard = await mux.acquire(model)
+        try:
+            response = await request.app[PROXY].forward(
+                request, model, body, guard, drop_authorization=bool(config.api_keys)
+            )
+            status = str(response.status)
+            return response
+        finally:
+            guard.release()
+    except RequestError as error:
+        status = str(shape_of(error).status)
+        raise
+    finally:
+        metrics.requests_total.labels(model=model.id, status=status).inc()
+        metrics.request_duration.labels(model=model.id, status=status).observe(
+            time.monotonic() - started
+        )
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    response = web.Response(body=request.app[METRICS].render())
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
+def _model_object(model_id: str, aliases: tuple[str, ...]) -> dict[str, Any]:
+    return {
+        "id": model_id,
+        "object": "model",
+        "created": 0,
+        "owned_by": "aiollmux",
+        "aliases": list(aliases),
+    }
+
+
+async def list_models(request: web.Request) -> web.Response:
+    check_api_key(request)
+    models = request.app[MULTIPLEXER].config.models
+    data = [_model_object(m.id, m.aliases) for m in sorted(models.values(), key=lambda m: m.id)]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    check_api_key(request)
+    model = request.app[MULTIPLEXER].resolve(request.match_info["model_id"])
+    return web.json_response(_model_object(model.id, model.aliases))
+
+
+async def admin_status(request: web.Request) -> web.Response:
+    check_admin(request)
+    return web.json_response(request.app[MULTIPLEXER].status())
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    if not request.can_read_body:
+        return {}
+    try:
+        document = await request.json()
+    except ValueError as exc:
+        raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidJSON("the request body must be a JSON object")
+    return document
+
+
+async def admin_switch(request: web.Request) -> web.Response:
+    check_admin(request)
+    name = (await _json_object(request)).get("model")
+    if not isinstance(name, str) or not name:
+        raise ModelRequired('POST /admin/switch needs {"model": "<id>"}')
+    mux = request.app[MULTIPLEXER]
+    model = mux.resolve(name)
+    await mux.switcher_for(model).switch_to(model.id)
+    return web.json_response({"status": "ok", "active_model": model.id})
+
+
+async def admin_sleep(request: web.Request) -> web.Response:
+    check_admin(request)
+    group = (await _json_object(request)).get("group")
+    mux = request.app[MULTIPLEXER]
+    if group is not None and group not in mux.switchers:
+        raise ModelRequired(f"unknown group {group!r}")
+    targets = [mux.switchers[group]] if isinstance(group, str) else list(mux.switchers.values())
+    for switcher in targets:
+        await switcher.switch_to(None)
+    return web.json_response({"status": "ok", "state": "idle"})
+
+
+def build_app(config: Config, *, metrics: Metrics | None = None) -> web.Application:
+    """The whole daemon as an aiohttp application (started by `server.run` or by tests)."""
+    metrics = metrics if metrics is not None else Metrics()
+    app = web.Application(middlewares=[errors_middleware], client_max_size=2**63)
+    app[METRICS] = metrics
+    app[MULTIPLEXER] = Multiplexer(config, metrics)
+    app[PROXY] = Proxy()
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_get("/health", health)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/v1/models/{model_id:.+}", get_model)
+    app.router.add_get("/admin/status", admin_status)
+    app.router.add_post("/admin/switch", admin_switch)
+    app.router.add_post("/admin/sleep", admin_sleep)
+    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    proxy = app[PROXY]
+    proxy.open()
+    mux = app[MULTIPLEXER]
+    mux.start()
+    try:
+        yield
+    finally:
+        await mux.close()
+        await proxy.close()

@@ -1,0 +1,101 @@
+"""Prometheus metrics under llmux's names (DESIGN §10), on a registry per app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Switches and hooks take seconds to minutes; requests milliseconds to many minutes.
+_SWITCH_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
+_REQUEST_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, float("inf"))
+
+
+class Metrics:
+    """Every metric aiollmux exports, registered on its own `CollectorRegistry`."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.switch_total = Counter(
+            "llmux_switch_total", "Model switches by outcome.", ["from", "to", "result"], registry=r
+        )
+        self.switch_duration = Histogram(
+            "llmux_switch_duration_seconds",
+            "Whole switch time, lock to wake success.",
+            ["from", "to"],
+            buckets=_SWITCH_BUCKETS,
+            registry=r,
+        )
+        self.switch_drain_duration = Histogram(
+            "llmux_switch_drain_duration_seconds",
+            "Time spent waiting for the old model's in-flight requests.",
+            ["from", "to"],
+            buckets=_SWITCH_BUCKETS,
+            registry=r,
+        )
+        self.model_active_duration = Histogram(
+            "llmux_model_active_duration_seconds",
+            "How long a model stayed active.",
+            ["model"],
+            buckets=_SWITCH_BUCKETS,
+            registry=r,
+        )
+        self.switch_cost_ema = Gauge(
+            "llmux_switch_cost_ema_seconds",
+            "Exponential moving average of switch cost.",
+            ["from", "to"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "llmux_request_queue_depth", "Requests waiting for a model.", ["model"], registry=r
+        )
+        self.queue_wait = Histogram(
+            "llmux_request_queue_wait_seconds",
+            "Time requests waited for their model.",
+            ["model"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "llmux_model_in_flight", "Requests being served by a model.", ["model"], registry=r
+        )
+        self.requests_total = Counter(
+            "llmux_requests_total", "Requests by model and status.", ["model", "status"], registry=r
+        )
+        self.request_duration = Histogram(
+            "llmux_request_duration_seconds",
+            "Request time including queueing and streaming.",
+            ["model", "status"],
+            buckets=_REQUEST_BUCKETS,
+            registry=r,
+        )
+        self.hook_duration = Histogram(
+            "llmux_hook_duration_seconds",
+            "Hook run time.",
+            ["model", "hook"],
+            buckets=_SWITCH_BUCKETS,
+            registry=r,
+        )
+        self.hook_failures = Counter(
+            "llmux_hook_failures_total", "Hook runs that failed.", ["model", "hook"], registry=r
+        )
+        self.hook_timeouts = Counter(
+            "llmux_hook_timeouts_total",
+            "Hook runs killed at their timeout.",
+            ["model", "hook"],
+            registry=r,
+        )
+        self.active_model = Gauge(
+            "llmux_active_model", "1 for the active model, 0 otherwise.", ["model"], registry=r
+        )
+        self.config_reloads = Counter(
+            "llmux_config_reloads_total",
+            "Configuration reloads by outcome.",
+            ["result"],
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

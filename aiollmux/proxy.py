@@ -1,0 +1,182 @@
+"""Forwarding one request to its model's backend and streaming the answer back (DESIGN §4).
+
+Bytes pass through as they arrive (`iter_any()`, no buffering, no decompression).
+A stale keep-alive connection is retried once; a client that goes away aborts the
+upstream request; a backend that fails before answering becomes a 502.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from aiollmux.config import ModelConfig
+from aiollmux.errors import BackendError
+from aiollmux.switcher import InFlightGuard
+
+logger = logging.getLogger(__name__)
+
+# RFC 9110 §7.6.1 connection-specific headers, plus what the client library sets itself.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+_SET_BY_CLIENT = frozenset({"host", "content-length"})
+_SKIP_AUTO_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
+# Errors that mean a pooled keep-alive connection was already dead when reused.
+_STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+
+
+def create_session(pool_size: int = 1024) -> aiohttp.ClientSession:
+    """The one upstream session: explicit pool, no total timeout, bytes left encoded."""
+    connector = aiohttp.TCPConnector(limit=pool_size, limit_per_host=0, keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,
+        # Generations can stream for many minutes: only connecting is bounded.
+        timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=_SKIP_AUTO_HEADERS,
+    )
+
+
+def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+    return {
+        token.strip().lower()
+        for value in headers.getall("Connection", ())
+        for token in value.split(",")
+    }
+
+
+def _filtered(headers: CIMultiDictProxy[str], drop: Iterable[str]) -> CIMultiDict[str]:
+    dropped = HOP_BY_HOP | _connection_tokens(headers) | set(drop)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
+
+
+class Proxy:
+    def __init__(self) -> None:
+        self._session: aiohttp.ClientSession | None = None
+
+    def open(self) -> None:
+        self._session = create_session()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("the proxy's client session is not open")
+        return self._session
+
+    async def forward(
+        self,
+        request: web.Request,
+        model: ModelConfig,
+        body: bytes,
+        guard: InFlightGuard,
+        *,
+        drop_authorization: bool,
+    ) -> web.StreamResponse:
+        drop = _SET_BY_CLIENT | ({"authorization"} if drop_authorization else set())
+        headers = _filtered(request.headers, drop)
+        url = URL(f"http://127.0.0.1:{model.port}{request.raw_path}", encoded=True)
+        upstream = await self._send(request.method, url, headers, body, model)
+        guard.on_cut = lambda: _cut(request, upstream)
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        response.headers.extend(_filtered(upstream.headers, ()))
+        try:
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+            if isinstance(exc, ConnectionResetError) and _client_gone(request):
+                _client_disconnected(model)
+                raise
+            # The backend broke mid-answer: the client must see a cut stream, not an end.
+            logger.warning(
+                "backend of %r failed mid-response: %s",
+                model.id,
+                exc,
+                extra={"event": "backend_error", "model": model.id},
+            )
+            if request.transport is not None:
+                request.transport.close()
+        except ConnectionResetError:
+            _client_disconnected(model)
+            raise
+        except asyncio.CancelledError:
+            _client_disconnected(model)
+            raise
+        finally:
+            guard.on_cut = None
+            upstream.close()  # releases a finished connection; aborts an unfinished one
+        return response
+
+    async def _send(
+        self,
+        method: str,
+        url: URL,
+        headers: CIMultiDict[str],
+        body: bytes,
+        model: ModelConfig,
+    ) -> aiohttp.ClientResponse:
+        for attempt in (1, 2):
+            try:
+                return await self.session.request(
+                    method, url, headers=headers, data=body, allow_redirects=False
+                )
+            except _STALE_CONNECTION as exc:
+                if attempt == 1 and not isinstance(exc, aiohttp.ClientConnectorError):
+                    continue  # a dead pooled connection: nothing reached the client yet
+                raise self._backend_error(model, exc) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                raise self._backend_error(model, exc) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backend_error(self, model: ModelConfig, exc: BaseException) -> BackendError:
+        reason = str(exc) or type(exc).__name__
+        logger.warning(
+            "backend of %r on port %d failed: %s",
+            model.id,
+            model.port,
+            reason,
+            extra={"event": "backend_error", "model": model.id, "port": model.port},
+        )
+        return BackendError(f"backend of model {model.id!r} failed: {reason}")
+
+
+def _client_gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
+
+
+def _client_disconnected(model: ModelConfig) -> None:
+    logger.info(
+        "client went away; upstream request of %r aborted",
+        model.id,
+        extra={"event": "client_disconnected", "model": model.id},
+    )
+
+
+def _cut(request: web.Request, upstream: aiohttp.ClientResponse) -> None:
+    upstream.close()
+    if request.transport is not None:
+        request.transport.close()
