@@ -1,0 +1,274 @@
+"""Real things for tests: fake backends on real sockets, `sh` hooks that keep a journal,
+and the daemon itself on a free port.
+
+A `FakeBackend` knows whether it is awake by a state file its hooks write; a request that
+reaches it while asleep is recorded as a violation (DESIGN §4 invariants).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import socket
+import textwrap
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from aiollmux.app import MULTIPLEXER, build_app
+from aiollmux.config import Config, parse_config
+from aiollmux.multiplexer import Multiplexer
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Journal:
+    """Lines hooks append: `start wake m`, `end wake m`, ... in the order they ran."""
+
+    path: Path
+
+    def lines(self) -> list[str]:
+        if not self.path.exists():
+            return []
+        return [line for line in self.path.read_text().splitlines() if line.strip()]
+
+    def events(self, kind: str) -> list[str]:
+        return [line for line in self.lines() if line.split()[0] == kind]
+
+    def count(self, line: str) -> int:
+        return self.lines().count(line)
+
+    def assert_no_overlap(self) -> None:
+        """At most one wake/sleep hook ran at a time (alive hooks are not journalled)."""
+        running: str | None = None
+        for line in self.lines():
+            edge, rest = line.split(" ", 1)
+            if edge == "start":
+                assert running is None, f"{rest!r} started while {running!r} ran"
+                running = rest
+            elif edge == "end":
+                assert running == rest, f"{rest!r} ended while {running!r} ran"
+                running = None
+
+
+@dataclass
+class FakeBackend:
+    """An OpenAI-ish server for one model that knows whether it has been woken."""
+
+    model: str
+    state_dir: Path
+    port: int = 0
+    violations: list[str] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    in_progress: int = 0
+    closed_streams: int = 0
+    # Streaming tests hold chunk k+1 until the test has seen chunk k.
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+    _runner: web.AppRunner | None = None
+
+    @property
+    def awake_file(self) -> Path:
+        return self.state_dir / f"{self.model}.awake"
+
+    @property
+    def awake(self) -> bool:
+        return self.awake_file.exists()
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=2**30)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        if self.port == 0:
+            server = site._server
+            assert isinstance(server, asyncio.Server)
+            self.port = server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        if not self.awake:
+            self.violations.append(f"{request.method} {request.path} reached {self.model} asleep")
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = {}
+        self.requests.append(
+            {"path": request.path_qs, "method": request.method, "headers": dict(request.headers),
+             "body": raw}  # fmt: skip
+        )
+        self.in_progress += 1
+        try:
+            if isinstance(body, dict) and body.get("stream"):
+                return await self._stream(request, body)
+            delay = body.get("delay", 0) if isinstance(body, dict) else 0
+            if delay:
+                await asyncio.sleep(delay)
+            status = body.get("status", 200) if isinstance(body, dict) else 200
+            return web.json_response(
+                {"model": self.model, "path": request.path_qs, "echo": body}, status=status,
+                headers={"X-Backend": self.model},
+            )  # fmt: skip
+        finally:
+            self.in_progress -= 1
+
+    async def _stream(self, request: web.Request, body: dict[str, Any]) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunks = int(body.get("chunks", 3))
+        gate = body.get("gate")
+        delay = float(body.get("chunk_delay", 0))
+        try:
+            for index in range(chunks):
+                if gate is not None and index > 0:
+                    await self.gates.setdefault(f"{gate}:{index}", asyncio.Event()).wait()
+                elif delay:
+                    await asyncio.sleep(delay)
+                line = {"model": self.model, "index": index}
+                await response.write(f"data: {json.dumps(line)}\n\n".encode())
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+        except (asyncio.CancelledError, ConnectionError):
+            self.closed_streams += 1
+            raise
+        return response
+
+    def open_gate(self, gate: str, index: int) -> None:
+        self.gates.setdefault(f"{gate}:{index}", asyncio.Event()).set()
+
+
+def hook_commands(journal: Path, state_dir: Path, *, delay: float = 0.0) -> dict[str, str]:
+    """Wake/sleep/alive hooks as real sh that journal their start and end."""
+    j, s = shlex.quote(str(journal)), shlex.quote(str(state_dir))
+    pause = f"sleep {delay}; " if delay else ""
+    wake = (
+        f'echo "start wake $LLMUX_MODEL" >> {j}; {pause}'
+        f'touch {s}/"$LLMUX_MODEL".awake; echo "end wake $LLMUX_MODEL" >> {j}'
+    )
+    sleep = (
+        f'echo "start sleep $LLMUX_MODEL" >> {j}; {pause}'
+        f'rm -f {s}/"$LLMUX_MODEL".awake; echo "end sleep $LLMUX_MODEL" >> {j}'
+    )
+    alive = f'test -e {s}/"$LLMUX_MODEL".awake'
+    return {"wake": wake, "sleep": sleep, "alive": alive}
+
+
+def toml_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def model_table(model_id: str, port: int, hooks: dict[str, str], **extra: Any) -> str:
+    lines = [f"[models.{toml_string(model_id)}]", f"port = {port}"]
+    lines += [f"{name} = {toml_string(command)}" for name, command in hooks.items()]
+    for key, value in extra.items():
+        lines.append(f"{key} = {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Daemon:
+    app: web.Application
+    url: str
+    client: aiohttp.ClientSession
+    tmp: Path
+
+    @property
+    def mux(self) -> Multiplexer:
+        return self.app[MULTIPLEXER]
+
+    async def chat(self, model: str, **body: Any) -> aiohttp.ClientResponse:
+        payload = {"model": model, "messages": [{"role": "user", "content": "hi"}], **body}
+        return await self.client.post(f"{self.url}/v1/chat/completions", json=payload)
+
+    async def metrics(self) -> str:
+        async with self.client.get(f"{self.url}/metrics") as response:
+            return await response.text()
+
+    async def status(self) -> dict[str, Any]:
+        async with self.client.get(f"{self.url}/admin/status") as response:
+            result: dict[str, Any] = await response.json()
+            return result
+
+
+@asynccontextmanager
+async def running_daemon(config: Config) -> AsyncIterator[Daemon]:
+    """The real aiollmux app on a real socket, with `handler_cancellation` as in `run`."""
+    app = build_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", config.port)
+    await site.start()
+    try:
+        async with aiohttp.ClientSession() as client:
+            yield Daemon(app, f"http://127.0.0.1:{config.port}", client, config.base_dir)
+    finally:
+        await runner.cleanup()
+
+
+@dataclass
+class Lab:
+    """A tmp dir with a journal, a state dir and fake backends for a set of models."""
+
+    tmp: Path
+    backends: dict[str, FakeBackend] = field(default_factory=dict)
+
+    @property
+    def journal(self) -> Journal:
+        return Journal(self.tmp / "journal.log")
+
+    @property
+    def state_dir(self) -> Path:
+        path = self.tmp / "state"
+        path.mkdir(exist_ok=True)
+        return path
+
+    async def add_backends(self, *models: str) -> None:
+        for model in models:
+            backend = FakeBackend(model, self.state_dir)
+            await backend.start()
+            self.backends[model] = backend
+
+    def config(
+        self,
+        *,
+        hook_delay: float = 0.0,
+        top: str = "",
+        policy: str = "",
+        per_model: dict[str, dict[str, Any]] | None = None,
+        hooks: dict[str, dict[str, str]] | None = None,
+        ports: dict[str, int] | None = None,
+    ) -> Config:
+        text = top + f"\nport = {free_port()}\nalive_interval_secs = 0\n"
+        text += "[policy]\n" + textwrap.dedent(policy) + "\n"
+        names = list(self.backends) + [m for m in (ports or {}) if m not in self.backends]
+        for model in names:
+            port = (ports or {}).get(model) or self.backends[model].port
+            commands = hook_commands(self.journal.path, self.state_dir, delay=hook_delay)
+            commands.update((hooks or {}).get(model, {}))
+            text += model_table(model, port, commands, **(per_model or {}).get(model, {}))
+        return parse_config(text, str(self.tmp / "llmux.toml"), base_dir=self.tmp)
+
+    def violations(self) -> list[str]:
+        return [v for backend in self.backends.values() for v in backend.violations]
+
+    async def close(self) -> None:
+        for backend in self.backends.values():
+            await backend.stop()
