@@ -99,7 +99,13 @@ class Proxy:
         drop = _SET_BY_CLIENT | ({"authorization"} if drop_authorization else set())
         headers = _filtered(request.headers, drop)
         url = URL(f"http://127.0.0.1:{model.port}{request.raw_path}", encoded=True)
-        upstream = await self._send(request.method, url, headers, body, model)
+        # Cutting closes the client's connection; with handler cancellation that also
+        # cancels a request still waiting for the backend's headers.
+        guard.on_cut = lambda: _cut(request, None)
+        try:
+            upstream = await self._send(request.method, url, headers, body, model)
+        finally:
+            guard.on_cut = None
         guard.on_cut = lambda: _cut(request, upstream)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(_filtered(upstream.headers, ()))
@@ -108,16 +114,21 @@ class Proxy:
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            if isinstance(exc, ConnectionResetError) and _client_gone(request):
+            if (
+                isinstance(exc, ConnectionResetError)
+                and _client_gone(request)
+                and not guard.was_cut
+            ):
                 _client_disconnected(model)
                 raise
-            # The backend broke mid-answer: the client must see a cut stream, not an end.
-            logger.warning(
-                "backend of %r failed mid-response: %s",
-                model.id,
-                exc,
-                extra={"event": "backend_error", "model": model.id},
-            )
+            if not guard.was_cut:  # a drain timeout is logged as drain_timeout
+                logger.warning(
+                    "backend of %r failed mid-response: %s",
+                    model.id,
+                    exc,
+                    extra={"event": "backend_error", "model": model.id},
+                )
+            # The client must see a cut stream, not a complete answer.
             if request.transport is not None:
                 request.transport.close()
         except ConnectionResetError:
@@ -176,7 +187,8 @@ def _client_disconnected(model: ModelConfig) -> None:
     )
 
 
-def _cut(request: web.Request, upstream: aiohttp.ClientResponse) -> None:
-    upstream.close()
+def _cut(request: web.Request, upstream: aiohttp.ClientResponse | None) -> None:
+    if upstream is not None:
+        upstream.close()
     if request.transport is not None:
         request.transport.close()

@@ -33,12 +33,13 @@ ModelStatus = Literal["active", "asleep", "waking", "sleeping", "draining"]
 class InFlightGuard:
     """One request counted in flight on a model; `release()` is idempotent."""
 
-    __slots__ = ("_switcher", "model", "on_cut", "released")
+    __slots__ = ("_switcher", "model", "on_cut", "released", "was_cut")
 
     def __init__(self, switcher: Switcher, model: str) -> None:
         self._switcher = switcher
         self.model = model
         self.released = False
+        self.was_cut = False
         # Set by the proxy: ends the client's connection and the upstream request.
         self.on_cut: Callable[[], None] | None = None
 
@@ -49,6 +50,7 @@ class InFlightGuard:
 
     def cut(self) -> None:
         """End the request now (drain timeout); its handler unwinds and releases us."""
+        self.was_cut = True
         if self.on_cut is not None:
             self.on_cut()
         else:

@@ -12,7 +12,7 @@ import json
 import shlex
 import socket
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,17 @@ from aiohttp import web
 from aiollmux.app import MULTIPLEXER, build_app
 from aiollmux.config import Config, parse_config
 from aiollmux.multiplexer import Multiplexer
+
+
+async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
+    """Wait until a condition on real state holds (bounded); fail the test if it never does.
+
+    For state with no event to await: another process, a file, a queue filled by
+    requests still in the network stack. Never a guess at how long something takes.
+    """
+    async with asyncio.timeout(within):
+        while not predicate():  # noqa: ASYNC110 - the state lives outside this loop
+            await asyncio.sleep(0.005)
 
 
 def free_port() -> int:
@@ -74,6 +85,8 @@ class FakeBackend:
     requests: list[dict[str, Any]] = field(default_factory=list)
     in_progress: int = 0
     closed_streams: int = 0
+    stream_closed: asyncio.Event = field(default_factory=asyncio.Event)
+    chunks_sent: int = 0
     # Streaming tests hold chunk k+1 until the test has seen chunk k.
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
@@ -103,17 +116,24 @@ class FakeBackend:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
+    def _check_awake(self, where: str) -> None:
         if not self.awake:
-            self.violations.append(f"{request.method} {request.path} reached {self.model} asleep")
+            self.violations.append(f"{where}: {self.model} was asleep")
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self._check_awake(f"{request.method} {request.path} arrived")
         raw = await request.read()
         try:
             body = json.loads(raw) if raw else {}
         except ValueError:
             body = {}
         self.requests.append(
-            {"path": request.path_qs, "method": request.method, "headers": dict(request.headers),
-             "body": raw}  # fmt: skip
+            {
+                "path": request.path_qs,
+                "method": request.method,
+                "headers": dict(request.headers),
+                "body": raw,
+            }
         )
         self.in_progress += 1
         try:
@@ -123,6 +143,7 @@ class FakeBackend:
             if delay:
                 await asyncio.sleep(delay)
             status = body.get("status", 200) if isinstance(body, dict) else 200
+            self._check_awake("answering")
             return web.json_response(
                 {"model": self.model, "path": request.path_qs, "echo": body}, status=status,
                 headers={"X-Backend": self.model},
@@ -143,11 +164,14 @@ class FakeBackend:
                 elif delay:
                     await asyncio.sleep(delay)
                 line = {"model": self.model, "index": index}
+                self._check_awake(f"chunk {index}")
                 await response.write(f"data: {json.dumps(line)}\n\n".encode())
+                self.chunks_sent += 1
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionError):
             self.closed_streams += 1
+            self.stream_closed.set()
             raise
         return response
 

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aiollmux.config import PolicyConfig
+from aiollmux.errors import ConfigError
+from aiollmux.policy import Decision, PolicyContext, QueueView, load_policy
+from aiollmux.policy.fifo import FifoPolicy
+
+
+def _context(target: str | None, active: str | None = "a") -> PolicyContext:
+    queues = {m: QueueView(model=m, queued=1, oldest_wait=0.0, in_flight=0) for m in "ab"}
+    return PolicyContext(
+        now=0.0, target=target, active_model=active, active_for=1.0, queues=queues,
+        switch_cost=lambda source, target: None,
+    )  # fmt: skip
+
+
+def test_fifo_switches_on_the_first_request_for_another_model() -> None:
+    policy = load_policy(PolicyConfig())
+    assert isinstance(policy, FifoPolicy)
+    assert policy.decide(_context("b")) == Decision.switch("b")
+    assert policy.decide(_context(None)) == Decision.skip()
+    assert _context("b").active_in_flight == 0
+    assert _context("b", active=None).active_in_flight == 0
+
+
+@pytest.fixture
+def policy_module(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "my_policies.py").write_text(
+        textwrap.dedent(
+            """
+            from aiollmux.policy import Decision
+
+            class Always:
+                tick_interval = None
+                def __init__(self, config):
+                    self.config = config
+                def decide(self, context):
+                    return Decision.skip()
+
+            class Broken:
+                def __init__(self, config):
+                    raise RuntimeError("bad knob")
+
+            class NoDecide:
+                def __init__(self, config):
+                    pass
+            """
+        )
+    )
+    sys.path.insert(0, str(tmp_path))
+    yield tmp_path
+    sys.path.remove(str(tmp_path))
+    sys.modules.pop("my_policies", None)
+
+
+def test_user_policy_loads_by_import_path(policy_module: Path) -> None:
+    policy = load_policy(PolicyConfig(name="my_policies:Always"))
+    assert policy.decide(_context("b")) == Decision.skip()
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("no_such_module_xyz:Thing", "cannot import no_such_module_xyz"),
+        ("my_policies:Missing", "has no class Missing"),
+        ("my_policies:Broken", "failed to start: bad knob"),
+        ("my_policies:NoDecide", "no decide()"),
+    ],
+)
+def test_user_policy_errors_name_the_key(policy_module: Path, name: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=r"policy\.name") as caught:
+        load_policy(PolicyConfig(name=name), "cfg.toml")
+    assert message in str(caught.value)
+    assert str(caught.value).startswith("cfg.toml: policy.name:")

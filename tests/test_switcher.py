@@ -1,0 +1,181 @@
+"""The switcher on its own: real sh hooks, no HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from aiollmux.config import ModelConfig, PolicyConfig
+from aiollmux.cost import SwitchCosts
+from aiollmux.errors import ServiceStopping, WakeFailed
+from aiollmux.hooks import HookRunner
+from aiollmux.metrics import Metrics
+from aiollmux.policy import Decision, PolicyContext, load_policy
+from aiollmux.switcher import Switcher
+from tests.support import Journal, hook_commands, wait_for
+
+
+class RecordingPolicy:
+    """Defers until told otherwise; records every context it was shown."""
+
+    tick_interval: float | None = None
+
+    def __init__(self, config: PolicyConfig) -> None:
+        self.contexts: list[PolicyContext] = []
+        self.answer: Decision = Decision.defer()
+
+    def decide(self, context: PolicyContext) -> Decision:
+        self.contexts.append(context)
+        return self.answer
+
+
+def _switcher(tmp_path: Path, policy: object | None = None, **policy_options: object) -> Switcher:
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    hooks = hook_commands(tmp_path / "journal.log", state)
+    models = {
+        name: ModelConfig(
+            id=name, port=port, wake=hooks["wake"], sleep=hooks["sleep"], alive=hooks["alive"]
+        )
+        for name, port in (("alpha", 9101), ("beta", 9102))
+    }
+    config = PolicyConfig(**policy_options)  # type: ignore[arg-type]
+    metrics = Metrics()
+    return Switcher(
+        group="default",
+        models=models,
+        policy_config=config,
+        policy=policy if policy is not None else load_policy(config),  # type: ignore[arg-type]
+        hooks=HookRunner(metrics),
+        costs=SwitchCosts(),
+        metrics=metrics,
+        base_dir=tmp_path,
+    )
+
+
+async def test_guard_handed_to_a_cancelled_request_is_given_back(tmp_path: Path) -> None:
+    switcher = _switcher(tmp_path, RecordingPolicy(PolicyConfig()))
+    switcher.start()
+    try:
+        task = asyncio.create_task(switcher.acquire("alpha"))
+        await wait_for(lambda: switcher.queued("alpha") == 1)
+        # Release the waiter and cancel its request in the same loop step: the request
+        # never gets to use the guard, so it must be given back.
+        switcher.adopt("alpha")
+        switcher._release_waiters(switcher.models["alpha"])
+        assert switcher.in_flight("alpha") == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert switcher.in_flight("alpha") == 0
+        assert switcher.queued("alpha") == 0
+    finally:
+        await switcher.close()
+
+
+async def test_policy_sees_the_queue_and_defer_waits(tmp_path: Path) -> None:
+    policy = RecordingPolicy(PolicyConfig())
+    switcher = _switcher(tmp_path, policy)
+    switcher.start()
+    try:
+        task = asyncio.create_task(switcher.acquire("beta"))
+        await wait_for(lambda: len(policy.contexts) >= 1)
+        context = policy.contexts[-1]
+        assert context.target == "beta"
+        assert context.active_model is None
+        assert context.queues["beta"].queued == 1
+        assert context.queues["alpha"].queued == 0
+        assert switcher.state() == "idle"
+        policy.answer = Decision.switch("beta")
+        switcher._kick.set()
+        guard = await asyncio.wait_for(task, 10)
+        assert switcher.active == "beta"
+        guard.release()
+        guard.release()  # idempotent
+        assert switcher.in_flight("beta") == 0
+    finally:
+        await switcher.close()
+
+
+async def test_defer_until_a_time_asks_again(tmp_path: Path) -> None:
+    policy = RecordingPolicy(PolicyConfig())
+    switcher = _switcher(tmp_path, policy)
+    switcher.start()
+    try:
+        task = asyncio.create_task(switcher.acquire("alpha"))
+        await wait_for(lambda: len(policy.contexts) >= 1)
+        policy.answer = Decision.defer(until=switcher.clock() + 0.05)
+        switcher._kick.set()
+        await wait_for(lambda: len(policy.contexts) >= 3)  # the timer asked again
+        policy.answer = Decision.switch("alpha")
+        switcher._kick.set()
+        (await asyncio.wait_for(task, 10)).release()
+    finally:
+        await switcher.close()
+
+
+async def test_close_fails_queued_requests_with_503(tmp_path: Path) -> None:
+    switcher = _switcher(tmp_path, RecordingPolicy(PolicyConfig()))
+    switcher.start()
+    task = asyncio.create_task(switcher.acquire("alpha"))
+    await wait_for(lambda: switcher.queued("alpha") == 1)
+    await switcher.close()
+    with pytest.raises(ServiceStopping):
+        await task
+    with pytest.raises(ServiceStopping):
+        await switcher.acquire("alpha")
+    with pytest.raises(ServiceStopping):
+        await switcher.switch_to("alpha")
+
+
+async def test_forced_switch_and_sleep(tmp_path: Path) -> None:
+    switcher = _switcher(tmp_path)
+    switcher.start()
+    journal = Journal(tmp_path / "journal.log")
+    try:
+        await switcher.switch_to("alpha")
+        assert switcher.active == "alpha"
+        await switcher.switch_to("alpha")  # already active: nothing runs
+        await switcher.switch_to("beta")
+        await switcher.switch_to(None)
+        assert switcher.state() == "idle"
+        await switcher.switch_to(None)  # already idle: nothing runs
+        assert journal.lines() == [
+            "start wake alpha", "end wake alpha",
+            "start sleep alpha", "end sleep alpha", "start wake beta", "end wake beta",
+            "start sleep beta", "end sleep beta",
+        ]  # fmt: skip
+    finally:
+        await switcher.close()
+
+
+async def test_forced_switch_reports_a_failed_wake(tmp_path: Path) -> None:
+    switcher = _switcher(tmp_path)
+    broken = ModelConfig(
+        id="alpha", port=9101, wake="echo nope >&2; exit 1", sleep="true", alive="true"
+    )
+    switcher.models["alpha"].config = broken
+    switcher.start()
+    try:
+        with pytest.raises(WakeFailed, match="nope"):
+            await switcher.switch_to("alpha")
+        assert switcher.state() == "idle"
+        assert switcher.backoff_until > 0
+    finally:
+        await switcher.close()
+
+
+async def test_model_status_names(tmp_path: Path) -> None:
+    switcher = _switcher(tmp_path)
+    assert switcher.model_status("alpha") == "asleep"
+    switcher.adopt("alpha")
+    assert switcher.model_status("alpha") == "active"
+    assert switcher.state() == "active"
+    switcher.models["alpha"].draining = True
+    assert switcher.model_status("alpha") == "draining"
+    switcher.hook_running = ("beta", "wake")
+    assert switcher.model_status("beta") == "waking"
+    switcher.hook_running = ("alpha", "sleep")
+    assert switcher.model_status("alpha") == "sleeping"
