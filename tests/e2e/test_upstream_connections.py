@@ -8,7 +8,7 @@ from tests.support import Lab, hook_commands, running_daemon
 
 _OK = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 14\r\n"
-    b"Connection: keep-alive\r\n\r\n{\"answer\": 42}"
+    b'Connection: keep-alive\r\n\r\n{"answer": 42}'
 )
 
 
