@@ -1,20 +1,24 @@
 """Runs wake/sleep/alive hooks: `sh -c` in its own process group, with timeouts (DESIGN §3).
 
 A hook is done when its own process exits, even when a server it started in the
-background still holds the pipes; those pipes are then drained in the background.
+background still holds its output pipes; those are then drained in the background.
+A killed hook's whole group is waited for, so no hook outlives its run or `close()`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Final
 
 from aiollmux.config import HookName, ModelConfig
 from aiollmux.metrics import Metrics
@@ -23,9 +27,13 @@ logger = logging.getLogger(__name__)
 
 CAPTURE_BYTES = 64 * 1024
 KILL_GRACE_SECS = 5.0
-# Output written before the hook exited is already in the pipe; give the loop a moment
-# to read it before a background child that keeps the pipe open makes us stop waiting.
-_OUTPUT_GRACE_SECS = 0.1
+# SIGKILLed processes die as soon as they are scheduled, unless stuck in the kernel (a wedged
+# GPU driver): wait that long for them, then go on rather than hang a switch for ever.
+KILL_WAIT_SECS = 10.0
+_READ_CHUNK: Final = 64 * 1024
+# Linux's default ceiling for a pipe's capacity: everything a hook wrote before it exited fits,
+# and a chatty background child cannot keep the post-exit drain going.
+_EXIT_DRAIN_BYTES: Final = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -44,31 +52,82 @@ class HookResult:
 
     def describe(self) -> str:
         """One line for logs and client errors: what failed and the tail of stderr."""
+        name = f"{self.hook} hook of {self.model!r}"
         if self.timed_out:
-            what = f"{self.hook} hook of {self.model!r} timed out after {self.duration:.1f}s"
-        elif self.returncode is not None and self.returncode < 0:
-            what = f"{self.hook} hook of {self.model!r} was killed by signal {-self.returncode}"
+            what = f"{name} timed out after {self.duration:.1f}s"
+        elif self.returncode is None:
+            what = f"{name} could not be started"
+        elif self.returncode < 0:
+            what = f"{name} was killed by signal {-self.returncode}"
         else:
-            what = f"{self.hook} hook of {self.model!r} exited with status {self.returncode}"
+            what = f"{name} exited with status {self.returncode}"
         tail = self.stderr.strip()[-1000:]
         return f"{what}: {tail}" if tail else what
 
 
 class _Capture:
-    """Keeps the last `CAPTURE_BYTES` of a stream; reads until EOF."""
+    """One output pipe of a hook, read as data arrives; keeps the last `CAPTURE_BYTES`.
 
-    def __init__(self, stream: asyncio.StreamReader) -> None:
-        self.stream = stream
+    The pipe is ours rather than asyncio's: with `stdout=PIPE`, `Process.wait()` does not
+    return until every holder of the pipe has closed it, so a hook that starts a server in
+    the background would never finish.
+    """
+
+    def __init__(self) -> None:
+        self._read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
         self.buffer = bytearray()
+        self.on_close: list[Callable[[], object]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    async def read_all(self) -> None:
-        while chunk := await self.stream.read(65536):
-            self.buffer += chunk
-            if len(self.buffer) > CAPTURE_BYTES:
-                del self.buffer[: len(self.buffer) - CAPTURE_BYTES]
+    @property
+    def closed(self) -> bool:
+        return self._read_fd < 0
+
+    def start(self) -> None:
+        self.close_write_end()
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._read_fd, self._read_chunk)
+
+    def close_write_end(self) -> None:
+        # Once only the hook's processes hold it, EOF means all of them have let go.
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+    def _read_chunk(self) -> bool:
+        """Read one chunk (one per wake-up, so a chatty child cannot hog the loop)."""
+        try:
+            chunk = os.read(self._read_fd, _READ_CHUNK)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            self.close()
+            return False
+        self.buffer += chunk
+        if len(self.buffer) > CAPTURE_BYTES:
+            del self.buffer[:-CAPTURE_BYTES]
+        return True
+
+    def drain_written(self) -> None:
+        """Take what the pipe holds now: once the hook has exited, all it wrote is in there."""
+        budget = _EXIT_DRAIN_BYTES
+        while budget > 0 and not self.closed and self._read_chunk():
+            budget -= _READ_CHUNK
 
     def text(self) -> str:
         return self.buffer.decode("utf-8", errors="replace")
+
+    def close(self) -> None:
+        self.close_write_end()
+        if self.closed:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(self._read_fd)
+        os.close(self._read_fd)
+        self._read_fd = -1
+        for callback in self.on_close:
+            callback()
 
 
 def hook_environment(model: ModelConfig, hook: HookName) -> dict[str, str]:
@@ -92,7 +151,8 @@ class HookRunner:
         self.metrics = metrics
         self.kill_grace = kill_grace
         self._running: set[asyncio.subprocess.Process] = set()
-        self._drainers: set[asyncio.Task[None]] = set()
+        self._drains: set[_Capture] = set()
+        self._closed = False
 
     @property
     def running(self) -> int:
@@ -100,22 +160,30 @@ class HookRunner:
 
     async def run(self, model: ModelConfig, hook: HookName, cwd: Path) -> HookResult:
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            "sh",
-            "-c",
-            model.hook(hook),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            cwd=cwd,
-            env=hook_environment(model, hook),
-            start_new_session=True,
-        )
+        out, err = _Capture(), _Capture()
+        try:
+            proc = await _spawn(model, hook, cwd, out, err)
+        except OSError as error:
+            out.close()
+            err.close()
+            return self._report(
+                HookResult(
+                    model=model.id,
+                    hook=hook,
+                    returncode=None,
+                    timed_out=False,
+                    duration=time.monotonic() - started,
+                    stdout="",
+                    stderr=str(error),
+                )
+            )
+        except BaseException:
+            out.close()
+            err.close()
+            raise
+        out.start()
+        err.start()
         self._running.add(proc)
-        assert proc.stdout is not None
-        assert proc.stderr is not None
-        out, err = _Capture(proc.stdout), _Capture(proc.stderr)
-        readers = [asyncio.create_task(out.read_all()), asyncio.create_task(err.read_all())]
         timed_out = False
         try:
             try:
@@ -124,42 +192,46 @@ class HookRunner:
                 timed_out = True
                 await self._terminate(proc)
         except BaseException:
+            # Cancelled (or broken): nothing this hook started may outlive the run.
             _kill_group(proc, signal.SIGKILL)
-            for reader in readers:
-                reader.cancel()
+            out.close()
+            err.close()
+            await _reap(proc)
             raise
         finally:
             self._running.discard(proc)
-        await self._collect(readers)
         result = HookResult(
             model=model.id,
             hook=hook,
             returncode=proc.returncode,
             timed_out=timed_out,
             duration=time.monotonic() - started,
-            stdout=out.text(),
-            stderr=err.text(),
+            stdout=self._collect(out),
+            stderr=self._collect(err),
         )
-        self._report(result)
-        return result
+        return self._report(result)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         _kill_group(proc, signal.SIGTERM)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), self.kill_grace)
-        # Children may ignore SIGTERM after their leader is gone: the group goes in any case.
-        _kill_group(proc, signal.SIGKILL)
-        await proc.wait()
+        # The whole group, not only its leader, gets the grace period to shut down cleanly.
+        if not await _group_exited(proc, self.kill_grace):
+            _kill_group(proc, signal.SIGKILL)
+        await _reap(proc)
 
-    async def _collect(self, readers: list[asyncio.Task[None]]) -> None:
-        _, pending = await asyncio.wait(readers, timeout=_OUTPUT_GRACE_SECS)
-        for task in pending:
-            # A background child holds the pipe: keep draining it so its writes never
-            # block or fail, but do not wait for it.
-            self._drainers.add(task)
-            task.add_done_callback(self._drainers.discard)
+    def _collect(self, capture: _Capture) -> str:
+        capture.drain_written()
+        text = capture.text()
+        if not capture.closed:
+            if self._closed:
+                capture.close()
+            else:
+                # A background child (the server a wake hook started) still holds the pipe:
+                # keep reading so its writes never block or fail, but do not wait for it.
+                self._drains.add(capture)
+                capture.on_close.append(functools.partial(self._drains.discard, capture))
+        return text
 
-    def _report(self, result: HookResult) -> None:
+    def _report(self, result: HookResult) -> HookResult:
         labels = {"model": result.model, "hook": result.hook}
         if self.metrics is not None:
             self.metrics.hook_duration.labels(**labels).observe(result.duration)
@@ -190,18 +262,131 @@ class HookRunner:
             logger.debug(
                 "%s hook of %r stderr: %s", result.hook, result.model, result.stderr[-2000:]
             )
+        return result
+
+    def kill_all(self) -> None:
+        """SIGKILL every running hook's process group at once, without waiting (forced exit)."""
+        for proc in self._running:
+            _kill_group(proc, signal.SIGKILL)
 
     async def close(self) -> None:
-        """Kill every running hook's process group and stop draining leftover pipes."""
-        for proc in list(self._running):
+        """Kill every running hook's process group, wait for it, stop draining leftover pipes."""
+        self._closed = True
+        running = list(self._running)
+        self.kill_all()
+        await asyncio.gather(*(_reap(proc) for proc in running))
+        for capture in list(self._drains):
+            capture.close()
+
+
+async def _spawn(
+    model: ModelConfig, hook: HookName, cwd: Path, out: _Capture, err: _Capture
+) -> asyncio.subprocess.Process:
+    spawning = asyncio.ensure_future(
+        asyncio.create_subprocess_exec(
+            "sh",
+            "-c",
+            model.hook(hook),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=out.write_fd,
+            stderr=err.write_fd,
+            cwd=cwd,
+            env=hook_environment(model, hook),
+            start_new_session=True,
+        )
+    )
+    try:
+        return await asyncio.shield(spawning)
+    except asyncio.CancelledError:
+        # The process may exist already (asyncio would kill only its leader): kill its group.
+        with contextlib.suppress(OSError):
+            proc = await spawning
             _kill_group(proc, signal.SIGKILL)
-        for task in list(self._drainers):
-            task.cancel()
-        if self._drainers:
-            await asyncio.gather(*self._drainers, return_exceptions=True)
+            await _reap(proc)
+        raise
+    finally:
+        out.close_write_end()
+        err.close_write_end()
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    """After SIGKILL to the group: wait (bounded) until all of it has died."""
+    if not await _group_exited(proc, KILL_WAIT_SECS):
+        logger.error("hook process group %d survived SIGKILL for %.0fs", proc.pid, KILL_WAIT_SECS)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(proc.wait(), KILL_WAIT_SECS)
 
 
 def _kill_group(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
     # The hook is its group's leader (start_new_session), so its pid is the group id.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+
+
+def _can_watch_groups() -> bool:
+    """Linux: members of a group are found in /proc and awaited through pidfds."""
+    if not hasattr(os, "pidfd_open") or not os.path.isdir("/proc"):  # pragma: no cover
+        return False
+    try:
+        os.close(os.pidfd_open(os.getpid()))
+    except OSError:  # pragma: no cover - kernel older than 5.3
+        return False
+    return True
+
+
+_CAN_WATCH_GROUPS: Final = _can_watch_groups()
+
+
+async def _group_exited(proc: asyncio.subprocess.Process, seconds: float) -> bool:
+    """Wait until every process in the hook's group has exited (zombies have); False on time-out.
+
+    Without a way to see the group, wait for its leader and answer False: the caller
+    then SIGKILLs the rest, whatever it is.
+    """
+    if not _CAN_WATCH_GROUPS:  # pragma: no cover
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), seconds)
+        return False
+    loop = asyncio.get_running_loop()
+    exits: list[asyncio.Future[None]] = []
+    pidfds: list[int] = []
+    try:
+        for pid in _live_members(proc.pid):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                continue  # exited and reaped since the scan
+            pidfds.append(pidfd)
+            if not _is_live_member(pid, proc.pid):
+                continue  # exited since the scan (or, rarer still, its pid was reused)
+            exited: asyncio.Future[None] = loop.create_future()
+            loop.add_reader(pidfd, _resolve, exited)  # a pidfd turns readable at exit
+            exits.append(exited)
+        if not exits:
+            return True
+        _, pending = await asyncio.wait(exits, timeout=seconds)
+        return not pending
+    finally:
+        for pidfd in pidfds:
+            loop.remove_reader(pidfd)
+            os.close(pidfd)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _live_members(pgid: int) -> list[int]:
+    return [int(e) for e in os.listdir("/proc") if e.isdigit() and _is_live_member(int(e), pgid)]
+
+
+def _is_live_member(pid: int, pgid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as file:
+            stat = file.read()
+    except OSError:
+        return False
+    # The command name in parentheses may contain anything; the fields after it cannot.
+    state, _ppid, pgrp = stat[stat.rindex(b")") + 2 :].split()[:3]
+    return int(pgrp) == pgid and state not in (b"Z", b"X")
