@@ -8,12 +8,14 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from aiollmux.config import Config
 from aiollmux.errors import (
+    BackendError,
     BodyTooLarge,
     InvalidJSON,
     ModelRequired,
@@ -25,6 +27,7 @@ from aiollmux.errors import (
 from aiollmux.metrics import CONTENT_TYPE, Metrics
 from aiollmux.multiplexer import Multiplexer
 from aiollmux.proxy import Proxy
+from aiollmux.reload import Reloader
 from aiollmux.routing import find_model
 
 logger = logging.getLogger(__name__)
@@ -32,6 +35,7 @@ logger = logging.getLogger(__name__)
 MULTIPLEXER = web.AppKey("multiplexer", Multiplexer)
 PROXY = web.AppKey("proxy", Proxy)
 METRICS = web.AppKey("metrics", Metrics)
+RELOADER = web.AppKey("reloader", Reloader)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -139,6 +143,8 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
             guard.release()
     except RequestError as error:
         status = str(shape_of(error).status)
+        if isinstance(error, BackendError):
+            mux.backend_failed(model)
         raise
     finally:
         metrics.requests_total.labels(model=model.id, status=status).inc()
@@ -220,14 +226,31 @@ async def admin_sleep(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "state": "idle"})
 
 
-def build_app(config: Config, *, metrics: Metrics | None = None) -> web.Application:
-    """The whole daemon as an aiohttp application (started by `server.run` or by tests)."""
+async def admin_reload(request: web.Request) -> web.Response:
+    check_admin(request)
+    outcome = await request.app[RELOADER].trigger("POST /admin/reload")
+    if outcome.result == "failed":
+        body = error_body(outcome.error or "reload failed", shape_of(RequestError("")))
+        body["error"].update(type="invalid_request_error", code="invalid_config")
+        return web.json_response(body, status=400)
+    return web.json_response({"status": outcome.result, "generation": outcome.generation})
+
+
+def build_app(
+    config: Config, *, metrics: Metrics | None = None, watch: bool = True
+) -> web.Application:
+    """The whole daemon as an aiohttp application (started by `server.run` or by tests).
+
+    `watch`: reload when the config file (`config.source`) changes on disk.
+    """
     metrics = metrics if metrics is not None else Metrics()
     app = web.Application(middlewares=[errors_middleware], client_max_size=2**63)
     app[METRICS] = metrics
-    app[MULTIPLEXER] = Multiplexer(config, metrics)
+    mux = app[MULTIPLEXER] = Multiplexer(config, metrics)
+    app[RELOADER] = Reloader(mux, Path(config.source), watch=watch)
     app[PROXY] = Proxy()
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_stop_switching)
     app.router.add_get("/health", health)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/v1/models", list_models)
@@ -235,6 +258,7 @@ def build_app(config: Config, *, metrics: Metrics | None = None) -> web.Applicat
     app.router.add_get("/admin/status", admin_status)
     app.router.add_post("/admin/switch", admin_switch)
     app.router.add_post("/admin/sleep", admin_sleep)
+    app.router.add_post("/admin/reload", admin_reload)
     app.router.add_route("*", "/{tail:.*}", proxy_handler)
     return app
 
@@ -243,9 +267,18 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     proxy = app[PROXY]
     proxy.open()
     mux = app[MULTIPLEXER]
-    mux.start()
+    reloader = app[RELOADER]
     try:
+        await mux.adopt_awake_models()
+        mux.start()
+        reloader.start()
         yield
     finally:
-        await mux.close()
+        await reloader.close()
+        await mux.close(sleep_active=mux.config.sleep_on_shutdown)
         await proxy.close()
+
+
+async def _stop_switching(app: web.Application) -> None:
+    # Runs once the listener is closed, before in-flight requests are waited for.
+    await app[MULTIPLEXER].stop_switching()

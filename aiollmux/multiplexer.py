@@ -7,16 +7,22 @@ aliases, hands each model's requests to its group's switcher, and reports status
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Any
 
 from aiollmux.config import Config, ModelConfig
 from aiollmux.cost import SwitchCosts
 from aiollmux.errors import ModelNotFound
+from aiollmux.health import HealthMonitor
 from aiollmux.hooks import HookRunner
 from aiollmux.metrics import Metrics
-from aiollmux.policy import load_policy
+from aiollmux.policy import Policy, load_policy
 from aiollmux.switcher import InFlightGuard, Switcher
+
+logger = logging.getLogger(__name__)
+
+_PROBE_CONCURRENCY = 4
 
 
 class Multiplexer:
@@ -29,27 +35,142 @@ class Multiplexer:
         self.loaded_at = datetime.now(UTC)
         self.last_reload_error: str | None = None
         self.restart_required = False
+        self.listening = (config.host, config.port)  # what a reload cannot change
         self.switchers: dict[str, Switcher] = {}
+        self.monitors: dict[str, HealthMonitor] = {}
+        self._started = False
+        self._retiring: set[asyncio.Task[None]] = set()
         for group in config.groups:
-            members = {m.id: m for m in config.models.values() if m.group == group}
-            self.switchers[group] = Switcher(
-                group=group,
-                models=members,
-                policy_config=config.policy,
-                policy=load_policy(config.policy, config.source),
-                hooks=self.hooks,
-                costs=self.costs,
-                metrics=self.metrics,
-                base_dir=config.base_dir,
-            )
+            self._add_group(group, config, load_policy(config.policy, config.source))
+
+    def _add_group(self, group: str, config: Config, policy: Policy) -> None:
+        members = {m.id: m for m in config.models.values() if m.group == group}
+        switcher = Switcher(
+            group=group,
+            models=members,
+            policy_config=config.policy,
+            policy=policy,
+            hooks=self.hooks,
+            costs=self.costs,
+            metrics=self.metrics,
+            base_dir=config.base_dir,
+        )
+        monitor = HealthMonitor(
+            switcher,
+            alive_interval=config.alive_interval_secs,
+            idle_sleep=config.policy.idle_sleep_secs,
+        )
+        self.switchers[group] = switcher
+        self.monitors[group] = monitor
+        if self._started:
+            switcher.start()
+            monitor.start()
 
     def start(self) -> None:
-        for switcher in self.switchers.values():
+        self._started = True
+        for group, switcher in self.switchers.items():
             switcher.start()
+            self.monitors[group].start()
 
-    async def close(self) -> None:
+    def apply(self, new: Config) -> None:
+        """Swap in a validated configuration without dropping a request (DESIGN §6).
+
+        New requests see the new model list at once; a removed model that is awake is
+        drained and put to sleep with its old hooks in the background.
+        """
+        old, self.config = self.config, new
+        policy_changed = new.policy != old.policy
+        for group in new.groups:
+            policy = load_policy(new.policy, new.source)
+            if group not in self.switchers:
+                self._add_group(group, new, policy)
+            elif policy_changed or new.base_dir != old.base_dir:
+                self.switchers[group].configure(
+                    policy_config=new.policy, policy=policy, base_dir=new.base_dir
+                )
+        for monitor in self.monitors.values():
+            monitor.configure(
+                alive_interval=new.alive_interval_secs, idle_sleep=new.policy.idle_sleep_secs
+            )
+        for model in old.models.values():
+            moved = model.id in new.models and new.models[model.id].group != model.group
+            if model.id not in new.models or moved:
+                self._retire(self.switchers[model.group], model.id)
+        for model in new.models.values():
+            self.switcher_for(model).put_model(model)
+        self.restart_required = (new.host, new.port) != self.listening
+        self.generation += 1
+        self.loaded_at = datetime.now(UTC)
+        self.last_reload_error = None
+
+    def _retire(self, switcher: Switcher, model: str) -> None:
+        task = asyncio.create_task(switcher.retire(model), name=f"retire-{model}")
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def adopt_awake_models(self) -> None:
+        """Find models already awake (a restart of aiollmux, not of the box) (DESIGN §7).
+
+        Exactly one alive in a group: it becomes active without running its wake hook.
+        Several: all are put to sleep, because which one owns the GPU is unknown.
+        """
+        probes = asyncio.Semaphore(_PROBE_CONCURRENCY)
+
+        async def alive(model: ModelConfig) -> bool:
+            async with probes:
+                return (await self.hooks.run(model, "alive", self.config.base_dir)).ok
+
+        models = sorted(self.config.models.values(), key=lambda m: m.id)
+        answers = await asyncio.gather(*(alive(m) for m in models))
+        for group, switcher in self.switchers.items():
+            awake = [m for m, ok in zip(models, answers, strict=True) if ok and m.group == group]
+            if len(awake) == 1:
+                switcher.adopt(awake[0].id)
+                logger.info(
+                    "model %r is already awake; adopted as active without waking it",
+                    awake[0].id,
+                    extra={"event": "model_adopted", "model": awake[0].id, "group": group},
+                )
+            elif awake:
+                names = ", ".join(m.id for m in awake)
+                logger.warning(
+                    "several models of group %r are awake (%s); putting them all to sleep",
+                    group,
+                    names,
+                    extra={"event": "startup_conflict", "group": group},
+                )
+                for model in awake:
+                    result = await self.hooks.run(model, "sleep", self.config.base_dir)
+                    if not result.ok:
+                        logger.warning(
+                            "%s",
+                            result.describe(),
+                            extra={"event": "sleep_hook_failed", "model": model.id},
+                        )
+
+    async def stop_switching(self) -> None:
+        """Shutdown, first step: no more switches; queued requests get 503 at once."""
+        for task in list(self._retiring):
+            task.cancel()
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        await asyncio.gather(*(m.close() for m in self.monitors.values()))
         await asyncio.gather(*(s.close() for s in self.switchers.values()))
+
+    async def close(self, *, sleep_active: bool = False) -> None:
+        """Shutdown, last step (in-flight requests are done): optionally sleep the
+        active models, then make sure no hook process is left."""
+        await self.stop_switching()
+        if sleep_active:
+            for switcher in self.switchers.values():
+                if switcher.active is not None:
+                    model = switcher.models[switcher.active].config
+                    await self.hooks.run(model, "sleep", self.config.base_dir)
         await self.hooks.close()
+
+    def backend_failed(self, model: ModelConfig) -> None:
+        """A request to `model` got no answer: if it is active, check it is alive now."""
+        if self.switcher_for(model).active == model.id:
+            self.monitors[model.group].check_soon()
 
     def resolve(self, name: str) -> ModelConfig:
         model = self.config.resolve(name)

@@ -1,35 +1,45 @@
-"""`aiollmux run`: load the config, listen, serve until a signal (DESIGN §7)."""
+"""`aiollmux run`: load the config, listen, serve until a signal (DESIGN §7).
+
+SIGTERM/SIGINT: stop accepting, fail queued requests, let in-flight ones finish for
+`shutdown_timeout_secs`, kill running hooks, exit 0. A second signal exits at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import replace
 
 from aiohttp import web
 
-from aiollmux.app import MULTIPLEXER, build_app
+from aiollmux.app import MULTIPLEXER, RELOADER, build_app
 from aiollmux.config import Config
+from aiollmux.systemd import notify
 
 logger = logging.getLogger(__name__)
 
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+FORCED_EXIT_STATUS = 130
 
-async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
-    """Serve `config` until SIGTERM/SIGINT (or cancellation)."""
+
+async def serve(config: Config) -> None:
+    """Serve `config` until SIGTERM/SIGINT."""
     app = build_app(config)
     runner = web.AppRunner(
         app,
         handler_cancellation=True,
         access_log=None,
         shutdown_timeout=config.shutdown_timeout_secs,
+        handle_signals=False,
     )
-    await runner.setup()
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    stop = asyncio.Event()
+    for sig in _SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     try:
+        await runner.setup()  # probes alive hooks: adoption happens before we listen
         site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
         await site.start()
         models = ", ".join(sorted(app[MULTIPLEXER].config.models))
@@ -40,14 +50,36 @@ async def serve(config: Config, *, ready: asyncio.Event | None = None) -> None:
             models,
             extra={"event": "listening", "host": config.host, "port": config.port},
         )
-        if ready is not None:
-            ready.set()
+        loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, app)
+        notify("READY=1")
         await stop.wait()
-        logger.info("shutting down", extra={"event": "shutting_down"})
+        logger.info(
+            "shutting down: in-flight requests have %.0fs to finish",
+            config.shutdown_timeout_secs,
+            extra={"event": "shutting_down"},
+        )
+        notify("STOPPING=1")
+        for sig in _SIGNALS:
+            loop.add_signal_handler(sig, _exit_now, app)
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
+        loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()
+        for sig in _SIGNALS:
+            loop.remove_signal_handler(sig)
+
+
+def _reload_on_sighup(app: web.Application) -> None:
+    notify("RELOADING=1")
+    done = app[RELOADER].trigger("SIGHUP")
+    done.add_done_callback(lambda _: notify("READY=1"))
+
+
+def _exit_now(app: web.Application) -> None:
+    """The second signal: kill every hook process group and leave without waiting."""
+    logger.warning("second signal: exiting now", extra={"event": "forced_exit"})
+    app[MULTIPLEXER].hooks.kill_all()
+    logging.shutdown()
+    os._exit(FORCED_EXIT_STATUS)
 
 
 def run(config: Config, *, host: str | None = None, port: int | None = None) -> None:

@@ -14,11 +14,11 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from aiollmux.config import ModelConfig, PolicyConfig
 from aiollmux.cost import IDLE, SwitchCosts
-from aiollmux.errors import ModelTimeout, QueueFull, ServiceStopping, WakeFailed
+from aiollmux.errors import ModelNotFound, ModelTimeout, QueueFull, ServiceStopping, WakeFailed
 from aiollmux.hooks import HookResult, HookRunner
 from aiollmux.metrics import Metrics
 from aiollmux.policy import Policy, PolicyContext, QueueView
@@ -71,9 +71,16 @@ class _ModelRuntime:
     waiters: deque[_Waiter] = field(default_factory=deque)
     guards: set[InFlightGuard] = field(default_factory=set)
     draining: bool = False
+    retired: bool = False  # removed from the configuration; going away
 
     def __post_init__(self) -> None:
         self.idle.set()
+
+
+class _ForcedSwitch(NamedTuple):
+    target: str | None
+    done: asyncio.Future[None]
+    unless: Callable[[], bool] | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +121,9 @@ class Switcher:
         self.backoff_until = 0.0
         self._kick = asyncio.Event()
         # Switches and sleeps asked for by name (admin API, idle sleep), ahead of the policy.
-        self._forced: deque[tuple[str | None, asyncio.Future[None]]] = deque()
+        self._forced: deque[_ForcedSwitch] = deque()
+        self.last_activity = clock()  # when a request last started or ended
+        self.on_change: list[Callable[[], None]] = []  # called when the active model changes
         self._retry_handle: asyncio.TimerHandle | None = None
         self._driver: asyncio.Task[None] | None = None
         self._closed = False
@@ -141,7 +150,7 @@ class Switcher:
         for runtime in self.models.values():
             self._fail_waiters(runtime, lambda: ServiceStopping("aiollmux is shutting down"))
         while self._forced:
-            _, done = self._forced.popleft()
+            done = self._forced.popleft().done
             if not done.done():
                 done.set_exception(ServiceStopping("aiollmux is shutting down"))
 
@@ -149,11 +158,53 @@ class Switcher:
         """Mark a model that is already awake as active without running its wake hook."""
         self._set_active(model)
 
+    # -- reconfiguration (DESIGN §6) ---------------------------------------------------
+
+    def configure(self, *, policy_config: PolicyConfig, policy: Policy, base_dir: Path) -> None:
+        """A reload: the next decision uses the new policy, the next hook the new dir."""
+        self.policy_config = policy_config
+        self.policy = policy
+        self.base_dir = base_dir
+        self._kick.set()
+
+    def put_model(self, config: ModelConfig) -> None:
+        """Add a model, or give an existing one its new settings (used from the next
+        hook run and the next forwarded request on)."""
+        runtime = self.models.get(config.id)
+        if runtime is not None:
+            # Back before its retirement finished: keep the runtime (and its guards).
+            runtime.config = config
+            runtime.retired = False
+            return
+        self.models[config.id] = _ModelRuntime(config)
+        for gauge in (self.metrics.active_model, self.metrics.in_flight, self.metrics.queue_depth):
+            gauge.labels(model=config.id).set(0)
+
+    async def retire(self, model: str) -> None:
+        """The model left the configuration: fail its queue with 404, drain and sleep it
+        with its old hooks if it is awake (or about to be), then forget it."""
+        runtime = self.models.get(model)
+        if runtime is None or runtime.retired:
+            return
+        runtime.retired = True
+        message = f"model {model!r} was removed from the configuration"
+        self._fail_waiters(runtime, lambda: ModelNotFound(message))
+        waking = self.switching is not None and self.switching.target == model
+        if self.active == model or waking:
+            await self.switch_to(None, unless=lambda: self.active != model or not runtime.retired)
+        if self.models.get(model) is runtime and runtime.retired:
+            del self.models[model]
+            self.metrics.active_model.labels(model=model).set(0)
+            self.metrics.in_flight.labels(model=model).set(0)
+            self.metrics.queue_depth.labels(model=model).set(0)
+
     # -- requests ----------------------------------------------------------------------
 
     async def acquire(self, model: str) -> InFlightGuard:
         """Wait until `model` is active and count one request in flight on it."""
-        runtime = self.models[model]
+        runtime = self.models.get(model)
+        if runtime is None or runtime.retired:
+            raise ModelNotFound(f"model {model!r} was removed from the configuration")
         if self._closed:
             raise ServiceStopping("aiollmux is shutting down")
         if self.active == model and not runtime.draining and not runtime.waiters:
@@ -197,6 +248,7 @@ class Switcher:
         self.metrics.queue_depth.labels(model=runtime.config.id).set(len(runtime.waiters))
 
     def _admit(self, runtime: _ModelRuntime) -> InFlightGuard:
+        self.last_activity = self.clock()
         guard = InFlightGuard(self, runtime.config.id)
         runtime.in_flight += 1
         runtime.guards.add(guard)
@@ -210,23 +262,42 @@ class Switcher:
             return
         runtime.guards.discard(guard)
         runtime.in_flight -= 1
+        self.last_activity = self.clock()
         self.metrics.in_flight.labels(model=guard.model).set(runtime.in_flight)
         if runtime.in_flight == 0:
             runtime.idle.set()
             self._kick.set()
 
-    async def switch_to(self, model: str | None) -> None:
+    async def switch_to(
+        self, model: str | None, *, unless: Callable[[], bool] | None = None
+    ) -> None:
         """Make `model` active (None: put the active model to sleep), bypassing the policy.
 
         Raises `WakeFailed` when the wake hook fails. Runs in the driver, so it is
-        ordered with every other switch of the group.
+        ordered with every other switch of the group; `unless`, checked there right
+        before acting, cancels the operation when it has become true.
         """
         if self._closed:
             raise ServiceStopping("aiollmux is shutting down")
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._forced.append((model, done))
+        self._forced.append(_ForcedSwitch(model, done, unless))
         self._kick.set()
         await done
+
+    def is_busy(self) -> bool:
+        """Requests in flight or queued anywhere in the group, or a switch under way."""
+        return self.switching is not None or any(
+            r.in_flight or r.waiters for r in self.models.values()
+        )
+
+    def mark_lost(self, model: str) -> bool:
+        """The active model died on its own: forget it without running its sleep hook."""
+        runtime = self.models.get(model)
+        if runtime is None or self.active != model or self.is_busy():
+            return False
+        self._set_inactive(model)
+        self._kick.set()
+        return True
 
     # -- the driver --------------------------------------------------------------------
 
@@ -243,7 +314,11 @@ class Switcher:
 
     async def _step(self) -> None:
         while self._forced:
-            target, done = self._forced.popleft()
+            target, done, unless = self._forced.popleft()
+            if unless is not None and unless():
+                if not done.done():
+                    done.set_result(None)
+                continue
             error = await self._forced_switch(target)
             if not done.done():
                 if error is None:
@@ -284,7 +359,7 @@ class Switcher:
             queues[name] = QueueView(
                 model=name, queued=len(live), oldest_wait=now - first, in_flight=runtime.in_flight
             )
-            if live and name != self.active and first < oldest:
+            if live and name != self.active and first < oldest and not runtime.retired:
                 target, oldest = name, first
         return PolicyContext(
             now=now,
@@ -426,7 +501,13 @@ class Switcher:
     def _set_active(self, model: str) -> None:
         self.active = model
         self.activated_at = self.clock()
+        self.last_activity = self.activated_at
         self.metrics.active_model.labels(model=model).set(1)
+        self._changed()
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
 
     def _set_inactive(self, model: str) -> None:
         if self.active == model:
@@ -434,6 +515,7 @@ class Switcher:
                 self.clock() - self.activated_at
             )
             self.active = None
+            self._changed()
         self.metrics.active_model.labels(model=model).set(0)
 
     def _release_waiters(self, runtime: _ModelRuntime) -> None:

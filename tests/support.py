@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
 import socket
+import sys
 import textwrap
+import tomllib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -248,6 +251,68 @@ async def running_daemon(config: Config) -> AsyncIterator[Daemon]:
 
 
 @dataclass
+class DaemonProcess:
+    """`aiollmux run` as a real child process, logging JSON lines to a file."""
+
+    process: asyncio.subprocess.Process
+    url: str
+    log: Path
+
+    def events(self) -> list[dict[str, Any]]:
+        records = []
+        for line in self.log.read_text().splitlines():
+            if line.startswith("{"):
+                records.append(json.loads(line))
+        return records
+
+    def event_names(self) -> list[str]:
+        return [str(r["event"]) for r in self.events() if "event" in r]
+
+
+def _listen_port(config_file: Path) -> int:
+    port: int = tomllib.loads(config_file.read_text())["port"]
+    return port
+
+
+@asynccontextmanager
+async def daemon_process(
+    config_file: Path, *, env: dict[str, str] | None = None
+) -> AsyncIterator[DaemonProcess]:
+    """Start `python -m aiollmux run` on `config_file`; yield once /health answers."""
+    port = _listen_port(config_file)
+    log = config_file.with_suffix(".log")
+    with log.open("wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aiollmux", "run", "-c", str(config_file),
+            "--log-format", "json", "-v",
+            stdin=asyncio.subprocess.DEVNULL, stdout=stderr, stderr=stderr,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
+    daemon = DaemonProcess(process, f"http://127.0.0.1:{port}", log)
+    try:
+        async with aiohttp.ClientSession() as client:
+            await _wait_healthy(client, daemon)
+        yield daemon
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def _wait_healthy(client: aiohttp.ClientSession, daemon: DaemonProcess) -> None:
+    async with asyncio.timeout(30):
+        while True:
+            if daemon.process.returncode is not None:
+                raise AssertionError(f"daemon exited: {daemon.log.read_text()}")
+            try:
+                async with client.get(f"{daemon.url}/health") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                await asyncio.sleep(0.05)  # not listening yet: a child process starting
+
+
+@dataclass
 class Lab:
     """A tmp dir with a journal, a state dir and fake backends for a set of models."""
 
@@ -270,7 +335,11 @@ class Lab:
             await backend.start()
             self.backends[model] = backend
 
-    def config(
+    def config(self, **options: Any) -> Config:
+        text = self.config_text(**options)
+        return parse_config(text, str(self.tmp / "llmux.toml"), base_dir=self.tmp)
+
+    def config_text(
         self,
         *,
         hook_delay: float = 0.0,
@@ -279,8 +348,10 @@ class Lab:
         per_model: dict[str, dict[str, Any]] | None = None,
         hooks: dict[str, dict[str, str]] | None = None,
         ports: dict[str, int] | None = None,
-    ) -> Config:
-        text = top + f"\nport = {free_port()}\nalive_interval_secs = 0\n"
+    ) -> str:
+        if "alive_interval_secs" not in top:
+            top += "\nalive_interval_secs = 0\n"
+        text = top + f"\nport = {free_port()}\n"
         text += "[policy]\n" + textwrap.dedent(policy) + "\n"
         names = list(self.backends) + [m for m in (ports or {}) if m not in self.backends]
         for model in names:
@@ -288,7 +359,7 @@ class Lab:
             commands = hook_commands(self.journal.path, self.state_dir, delay=hook_delay)
             commands.update((hooks or {}).get(model, {}))
             text += model_table(model, port, commands, **(per_model or {}).get(model, {}))
-        return parse_config(text, str(self.tmp / "llmux.toml"), base_dir=self.tmp)
+        return text
 
     def violations(self) -> list[str]:
         return [v for backend in self.backends.values() for v in backend.violations]

@@ -1,0 +1,147 @@
+"""Watching the active model of a group: periodic alive checks and idle sleep (DESIGN §7).
+
+While the active model has nothing to do, its alive hook runs every
+`alive_interval_secs`; three failures in a row mark it lost (no sleep hook), so the next
+request wakes it again. After `idle_sleep_secs` without requests it is put to sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiollmux.switcher import Switcher
+
+logger = logging.getLogger(__name__)
+
+LOST_AFTER_FAILURES = 3
+# After a failed check, look again this soon (or at the interval, if shorter), so a
+# crashed backend is noticed in seconds rather than three whole intervals.
+RECHECK_SECS = 2.0
+
+
+class HealthMonitor:
+    def __init__(self, switcher: Switcher, *, alive_interval: float, idle_sleep: float) -> None:
+        self.switcher = switcher
+        self.alive_interval = alive_interval
+        self.idle_sleep = idle_sleep
+        self.failures = 0
+        self.ticks = 0  # how many times it looked (status and tests)
+        self._checked_model: str | None = None
+        self._next_check = 0.0
+        self._soon = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None and (self.alive_interval > 0 or self.idle_sleep > 0):
+            self.switcher.on_change.append(self._soon.set)
+            self._task = asyncio.create_task(self._run(), name=f"health-{self.switcher.group}")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def configure(self, *, alive_interval: float, idle_sleep: float) -> None:
+        """A reload changed the periods: they apply from now on."""
+        if (alive_interval, idle_sleep) == (self.alive_interval, self.idle_sleep):
+            return
+        self.alive_interval = alive_interval
+        self.idle_sleep = idle_sleep
+        self._next_check = self.switcher.clock() + alive_interval
+        if self._task is None:
+            self.start()
+        self._soon.set()
+
+    def check_soon(self) -> None:
+        """The active backend just failed a request: check it now, not at the interval."""
+        self._next_check = 0.0
+        self._soon.set()
+
+    async def _run(self) -> None:
+        while True:
+            delay = self._next_due() - self.switcher.clock()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._soon.wait()
+            self._soon.clear()
+            self.ticks += 1
+            try:
+                await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("health monitor of group %r failed", self.switcher.group)
+
+    def _next_due(self) -> float:
+        switcher = self.switcher
+        now = switcher.clock()
+        due = [now + 3600.0]  # nothing to watch: the switcher wakes us when that changes
+        if switcher.active is not None:
+            if self.alive_interval > 0:
+                due.append(self._next_check)
+            if self.idle_sleep > 0:
+                # Busy now: look again no sooner than a whole idle period from now.
+                since = now if switcher.is_busy() else switcher.last_activity
+                due.append(since + self.idle_sleep)
+        return min(due)
+
+    async def _tick(self) -> None:
+        switcher = self.switcher
+        model = switcher.active
+        if model != self._checked_model:
+            self._checked_model, self.failures = model, 0
+            self._next_check = switcher.clock() + self.alive_interval
+        if model is None:
+            return
+        now = switcher.clock()
+        idle_for = now - switcher.last_activity
+        if self.idle_sleep > 0 and idle_for >= self.idle_sleep and not switcher.is_busy():
+            await self._sleep_idle(model)
+        elif self.alive_interval > 0 and now >= self._next_check:
+            await self._check_alive(model)
+
+    async def _sleep_idle(self, model: str) -> None:
+        switcher = self.switcher
+        since = switcher.last_activity
+        logger.info(
+            "model %r idle for %.0fs; putting it to sleep",
+            model,
+            self.idle_sleep,
+            extra={"event": "idle_sleep", "model": model},
+        )
+        await switcher.switch_to(
+            None,
+            # A request that came in meanwhile keeps the model awake.
+            unless=lambda: (
+                switcher.active != model or switcher.last_activity != since or switcher.is_busy()
+            ),
+        )
+
+    async def _check_alive(self, model: str) -> None:
+        switcher = self.switcher
+        if switcher.is_busy():
+            self._next_check = switcher.clock() + self.alive_interval
+            return
+        result = await switcher.hooks.run(switcher.models[model].config, "alive", switcher.base_dir)
+        if switcher.active != model:
+            return  # the world moved on while the hook ran
+        if result.ok:
+            self.failures = 0
+            self._next_check = switcher.clock() + self.alive_interval
+            return
+        self.failures += 1
+        self._next_check = switcher.clock() + min(self.alive_interval, RECHECK_SECS)
+        if self.failures >= LOST_AFTER_FAILURES and switcher.mark_lost(model):
+            logger.error(
+                "model %r lost: alive hook failed %d times in a row: %s",
+                model,
+                self.failures,
+                result.describe(),
+                extra={"event": "model_lost", "model": model},
+            )
+            self.failures = 0

@@ -1,0 +1,159 @@
+"""Live reconfiguration: file watching, SIGHUP and `POST /admin/reload` (DESIGN §6).
+
+Every trigger feeds one reload task, so reloads never overlap and a burst of triggers
+becomes one reload. A reload re-reads the file, does nothing if its content is
+unchanged, validates it completely, and only then applies it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import watchfiles
+
+from aiollmux.config import Config, load_config
+from aiollmux.errors import ConfigError
+from aiollmux.multiplexer import Multiplexer
+from aiollmux.policy import load_policy
+
+logger = logging.getLogger(__name__)
+
+# watchfiles waits this long for a burst of events to end before it reports them.
+DEBOUNCE_MS = 200
+
+
+@dataclass(frozen=True, slots=True)
+class ReloadOutcome:
+    result: Literal["applied", "unchanged", "failed"]
+    generation: int
+    error: str | None = None
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+class Reloader:
+    """Owns the reload task and the file watcher of one running multiplexer."""
+
+    def __init__(self, mux: Multiplexer, path: Path, *, watch: bool = True) -> None:
+        self.mux = mux
+        self.path = path
+        self.watch = watch
+        self._applied_digest = _digest(path)
+        self._failed_digest: str | None = None
+        self._pending: list[asyncio.Future[ReloadOutcome]] = []
+        self._wanted = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._reload_loop(), name="reload"))
+        if self.watch and self.path.parent.is_dir():
+            self._tasks.append(asyncio.create_task(self._watch(), name="config-watch"))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for waiter in self._pending:
+            waiter.cancel()
+
+    def trigger(self, reason: str) -> asyncio.Future[ReloadOutcome]:
+        """Ask for a reload; the future resolves once one that started after now ended."""
+        logger.debug(
+            "reload requested by %s", reason, extra={"event": "reload_requested", "by": reason}
+        )
+        waiter: asyncio.Future[ReloadOutcome] = asyncio.get_running_loop().create_future()
+        self._pending.append(waiter)
+        self._wanted.set()
+        return waiter
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            waiters, self._pending = self._pending, []
+            try:
+                outcome = self._reload_once()
+            except Exception as exc:  # a bug must not kill reloading for good
+                logger.exception("reload failed unexpectedly")
+                outcome = ReloadOutcome("failed", self.mux.generation, str(exc))
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(outcome)
+
+    def _reload_once(self) -> ReloadOutcome:
+        mux = self.mux
+        digest = _digest(self.path)
+        if digest is not None and digest == self._applied_digest:
+            return ReloadOutcome("unchanged", mux.generation)
+        if digest is not None and digest == self._failed_digest:
+            return ReloadOutcome("failed", mux.generation, mux.last_reload_error)
+        try:
+            config = self._validated()
+        except ConfigError as error:
+            self._failed_digest = digest
+            mux.last_reload_error = str(error)
+            mux.metrics.config_reloads.labels(result="failure").inc()
+            logger.error(
+                "config reload failed; still serving generation %d: %s",
+                mux.generation,
+                error,
+                extra={"event": "config_reload_failed", "key": error.key},
+            )
+            return ReloadOutcome("failed", mux.generation, str(error))
+        added = sorted(set(config.models) - set(mux.config.models))
+        removed = sorted(set(mux.config.models) - set(config.models))
+        mux.apply(config)
+        self._applied_digest, self._failed_digest = digest, None
+        mux.metrics.config_reloads.labels(result="success").inc()
+        logger.info(
+            "config generation %d applied (added: %s; removed: %s)",
+            mux.generation,
+            ", ".join(added) or "none",
+            ", ".join(removed) or "none",
+            extra={"event": "config_reloaded", "generation": mux.generation},
+        )
+        if mux.restart_required:
+            logger.warning(
+                "host/port changed in %s: restart aiollmux to listen there",
+                self.path,
+                extra={"event": "restart_required"},
+            )
+        return ReloadOutcome("applied", mux.generation)
+
+    def _validated(self) -> Config:
+        config = load_config(self.path)
+        load_policy(config.policy, config.source)  # a user policy must load, too
+        return config
+
+    def _relevant(self, change: watchfiles.Change, changed: str) -> bool:
+        name = Path(changed).name
+        if name in (self.path.name, "..data"):
+            return True
+        # An editor or ConfigMap may swap the file behind a symlink.
+        with contextlib.suppress(OSError):
+            return Path(changed) == self.path.resolve()
+        return False
+
+    async def _watch(self) -> None:
+        # The directory, not the file: editors save by rename, and a ConfigMap swaps a
+        # `..data` symlink without any event naming the file itself.
+        directories = {self.path.parent, self.path.resolve().parent}
+        async for _ in watchfiles.awatch(
+            *sorted(directories),
+            watch_filter=self._relevant,
+            debounce=DEBOUNCE_MS,
+            recursive=False,
+        ):
+            _ = self.trigger("a change of the file")  # nobody waits for this one
