@@ -1,24 +1,32 @@
-"""The `aiollmux` command line: a thin click layer over typed functions (DESIGN §11)."""
+"""The `aiollmux` command line: a thin click layer over typed functions (DESIGN §11).
+
+Heavy modules (aiohttp, asyncio, the server) are imported inside the commands that need
+them: `demo-backend --check/--stop/--detach` run as hooks on every switch and must start
+fast.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 import click
-import tomli_w
 
 from aiollmux import __version__
 from aiollmux.config import DEFAULT_PATH, Config, hook_warnings, load_config
 from aiollmux.errors import ConfigError
-from aiollmux.logs import LogFormat, configure_logging
-from aiollmux.policy import load_policy
-from aiollmux.starter import starter_document
+
+if TYPE_CHECKING:
+    from aiollmux.demo_control import DemoSettings
+    from aiollmux.logs import LogFormat
 
 CONFIG_ENV = "LLMUX_CONFIG"
+INIT_HEADER = (
+    b"# aiollmux configuration written by `aiollmux init`: two demo models that need no GPU.\n"
+    b"# Replace their hooks with your own to serve real models (docs/configuration.md).\n\n"
+)
 
 
 def _fail_config(error: ConfigError) -> NoReturn:
@@ -26,7 +34,16 @@ def _fail_config(error: ConfigError) -> NoReturn:
     sys.exit(2)
 
 
+def _reason(error: OSError) -> str:
+    """The plain OS message ("Address already in use"), not asyncio's wordy wrapper."""
+    if error.errno is not None and error.errno > 0:  # getaddrinfo's codes are negative
+        return os.strerror(error.errno)
+    return error.strerror or str(error)
+
+
 def _load(path: str) -> Config:
+    from aiollmux.policy import load_policy
+
     try:
         config = load_config(path)
         load_policy(config.policy, config.source)
@@ -65,6 +82,7 @@ def run(
     config_path: str, host: str | None, port: int | None, verbose: bool, log_format: LogFormat
 ) -> None:
     """Run the daemon."""
+    from aiollmux.logs import configure_logging
     from aiollmux.server import run as run_server
 
     configure_logging(verbose=verbose, fmt=log_format)
@@ -76,7 +94,8 @@ def run(
     except ConfigError as error:
         _fail_config(error)
     except OSError as error:
-        click.echo(f"error: cannot listen: {error.strerror or error}", err=True)
+        where = f"{host or config.host}:{port or config.port}"
+        click.echo(f"error: cannot listen on {where}: {_reason(error)}", err=True)
         sys.exit(1)
     except KeyboardInterrupt:  # pragma: no cover - the signal handler normally wins
         pass
@@ -102,22 +121,22 @@ def check(config_path: str) -> None:
 @click.argument("path", default=DEFAULT_PATH, type=click.Path(dir_okay=False))
 def init(path: str) -> None:
     """Write a starter configuration (two demo models) to PATH; never overwrites."""
+    import tomli_w
+
+    from aiollmux.starter import starter_document
+
     target = Path(path)
     try:
         with target.open("xb") as file:
+            file.write(INIT_HEADER)
             tomli_w.dump(starter_document(), file)
     except FileExistsError:
         click.echo(f"error: {target} already exists; not overwriting it", err=True)
         sys.exit(1)
     except OSError as error:
-        click.echo(f"error: cannot write {target}: {error.strerror}", err=True)
+        click.echo(f"error: cannot write {target}: {error.strerror or error}", err=True)
         sys.exit(1)
     click.echo(f"wrote {target}; check it with `aiollmux check -c {target}`")
-
-
-def _default_pidfile(port: int) -> Path:
-    base = os.environ.get("XDG_RUNTIME_DIR") or os.environ.get("TMPDIR") or "/tmp"
-    return Path(base) / f"aiollmux-demo-{os.getuid()}" / f"{port}.pid"
 
 
 @main.command("demo-backend")
@@ -153,6 +172,7 @@ def _default_pidfile(port: int) -> Path:
     "--check", "action", flag_value="check", help="Exit 0 if it runs and answers (an alive hook)."
 )
 @click.option("--ready-timeout", type=click.FloatRange(min=0), default=60.0, show_default=True)
+@click.option("--ready-fd", type=int, hidden=True, help="Write a line here once listening.")
 def demo_backend(
     port: int,
     model: str,
@@ -162,24 +182,38 @@ def demo_backend(
     pidfile: Path | None,
     action: str | None,
     ready_timeout: float,
+    ready_fd: int | None,
 ) -> None:
     """A fake OpenAI-compatible model server that streams tokens (no GPU needed)."""
-    from aiollmux import demo_backend as demo
+    from aiollmux import demo_control as control
 
-    settings = demo.DemoSettings(
+    settings = control.DemoSettings(
         model=model, port=port, host=host, token_delay=token_delay, load_secs=load_secs
     )
-    pidfile = pidfile or _default_pidfile(port)
+    pidfile = pidfile or control.default_pidfile(port)
     try:
         if action == "detach":
-            pid = demo.detach(settings, pidfile, ready_timeout)
+            pid = control.detach(settings, pidfile, ready_timeout)
             click.echo(f"demo backend {model!r} running on port {port} (pid {pid})")
         elif action == "stop":
-            demo.stop(pidfile)
+            control.stop(pidfile)
         elif action == "check":
-            demo.check(settings, pidfile)
+            control.check(settings, pidfile)
         else:
-            asyncio.run(demo.serve_demo(settings))
-    except demo.DemoControlError as error:
+            _serve_demo(settings, ready_fd)
+    except control.DemoControlError as error:
         click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+
+
+def _serve_demo(settings: DemoSettings, ready_fd: int | None) -> None:
+    import asyncio
+
+    from aiollmux.demo_backend import serve_demo
+
+    try:
+        asyncio.run(serve_demo(settings, ready_fd=ready_fd))
+    except OSError as error:
+        where = f"{settings.host}:{settings.port}"
+        click.echo(f"error: cannot listen on {where}: {_reason(error)}", err=True)
         sys.exit(1)

@@ -6,10 +6,14 @@
 
 from __future__ import annotations
 
+import datetime
+import difflib
+import math
 import os
 import shlex
+import string
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -23,11 +27,31 @@ BUILTIN_POLICIES: Final = ("fifo",)
 HookName = Literal["wake", "sleep", "alive"]
 HOOK_NAMES: Final[tuple[HookName, ...]] = ("wake", "sleep", "alive")
 
+# The keys each table may hold; anything else is reported before its value is read,
+# so a typo ("prot", "[model.x]") is named as such rather than as a missing key.
+ROOT_KEYS: Final = (
+    "host", "port", "max_request_body_mb", "shutdown_timeout_secs", "sleep_on_shutdown",
+    "alive_interval_secs", "api_keys", "admin_token", "policy", "groups", "models",
+)  # fmt: skip
+POLICY_KEYS: Final = (
+    "name", "request_timeout_secs", "drain_before_switch", "min_active_secs",
+    "drain_timeout_secs", "idle_sleep_secs", "max_queued_requests",
+)  # fmt: skip
+GROUP_KEYS: Final = ("exclusive", "persistent")
+MODEL_KEYS: Final = (
+    "port", "wake", "sleep", "alive", "wake_timeout_secs", "sleep_timeout_secs",
+    "alive_timeout_secs", "aliases", "upstream_model", "group",
+)  # fmt: skip
+
+# 1 TiB: far above any real request, and small enough that the byte count stays finite.
+MAX_REQUEST_BODY_MB: Final = 1024 * 1024
+_BARE_KEY_CHARS: Final = frozenset(string.ascii_letters + string.digits + "_-")
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PolicyConfig:
     name: str = "fifo"
-    request_timeout_secs: float | None = 300.0
+    request_timeout_secs: float | None = None  # None: wait as long as the wake takes
     drain_before_switch: bool = True
     min_active_secs: float = 0.0
     drain_timeout_secs: float = 0.0
@@ -99,13 +123,12 @@ class Config:
 
 
 class _Table:
-    """Typed reads from one TOML table, remembering which keys were used."""
+    """Typed reads from one TOML table; every error names the full key path."""
 
     def __init__(self, source: str, path: str, data: Mapping[str, Any]) -> None:
         self.source = source
         self.path = path
         self.data = data
-        self.used: set[str] = set()
 
     def key(self, name: str) -> str:
         return f"{self.path}.{_quote_key(name)}" if self.path else _quote_key(name)
@@ -113,103 +136,125 @@ class _Table:
     def error(self, name: str, message: str) -> ConfigError:
         return ConfigError(self.source, self.key(name), message)
 
-    def _get(self, name: str) -> Any:
-        self.used.add(name)
-        return self.data.get(name)
+    def only(self, allowed: Collection[str]) -> None:
+        for name in self.data:
+            if name not in allowed:
+                close = difflib.get_close_matches(name, allowed, n=1)
+                hint = (
+                    f"did you mean {close[0]!r}?"
+                    if close
+                    else f"expected one of {', '.join(allowed)}"
+                )
+                raise self.error(name, f"unknown key; {hint}")
 
-    def string(self, name: str, default: str | None = None, *, required: bool = False) -> str:
-        value = self._get(name)
+    def string(self, name: str, default: str | None, *, what: str = "a string") -> str:
+        """A non-blank string; `default=None` makes the key required."""
+        value = self.data.get(name)
         if value is None:
-            if required or default is None:
-                raise self.error(name, "is required (a string)")
+            if default is None:
+                raise self.error(name, f"is required: expected {what}")
             return default
         if not isinstance(value, str):
-            raise self.error(name, f"expected a string, got {_describe(value)}")
+            raise self.error(name, f"expected {what}, got {_describe(value)}")
         if not value.strip():
-            raise self.error(name, "must not be empty")
+            raise self.error(name, f"must not be empty: expected {what}")
         return value
 
     def optional_string(self, name: str) -> str | None:
-        if self.data.get(name) is None:
-            self.used.add(name)
-            return None
-        return self.string(name)
+        return None if name not in self.data else self.string(name, None)
 
     def boolean(self, name: str, default: bool) -> bool:
-        value = self._get(name)
+        value = self.data.get(name)
         if value is None:
             return default
         if not isinstance(value, bool):
             raise self.error(name, f"expected true or false, got {_describe(value)}")
         return value
 
-    def number(self, name: str, default: float, *, positive: bool = False) -> float:
-        value = self._get(name)
+    def number(
+        self, name: str, default: float, *, positive: bool = False, maximum: float | None = None
+    ) -> float:
+        """A finite number of seconds (or MB): 0 or more, or more than 0 if `positive`."""
+        value = self.data.get(name)
         if value is None:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(name, f"expected a number, got {_describe(value)}")
-        if value != value or value in (float("inf"), float("-inf")):
-            raise self.error(name, "expected a finite number")
+        if not math.isfinite(value):
+            raise self.error(name, f"expected a finite number, got {value}")
         if positive and value <= 0:
             raise self.error(name, f"expected a number greater than 0, got {value}")
         if value < 0:
             raise self.error(name, f"expected a number of 0 or more, got {value}")
+        if maximum is not None and value > maximum:
+            raise self.error(name, f"expected a number of at most {maximum}, got {value}")
         return float(value)
 
-    def integer(self, name: str, default: int, *, low: int, high: int) -> int:
-        value = self._get(name)
+    def optional_number(self, name: str, *, positive: bool = False) -> float | None:
+        if self.data.get(name) is None:
+            return None
+        return self.number(name, 0.0, positive=positive)
+
+    def integer(self, name: str, default: int | None, *, low: int, high: int) -> int:
+        """A whole number in [low, high]; `default=None` makes the key required."""
+        expected = f"a whole number from {low} to {high}"
+        value = self.data.get(name)
         if value is None:
+            if default is None:
+                raise self.error(name, f"is required: expected {expected}")
             return default
         if isinstance(value, bool) or not isinstance(value, int):
-            raise self.error(name, f"expected a whole number, got {_describe(value)}")
+            raise self.error(name, f"expected {expected}, got {_describe(value)}")
         if not low <= value <= high:
-            raise self.error(name, f"expected a number from {low} to {high}, got {value}")
+            raise self.error(name, f"expected {expected}, got {value}")
         return value
 
     def string_list(self, name: str) -> tuple[str, ...]:
-        value = self._get(name)
+        value = self.data.get(name)
         if value is None:
             return ()
         if not isinstance(value, list):
             raise self.error(name, f"expected a list of strings, got {_describe(value)}")
         for index, item in enumerate(value):
             if not isinstance(item, str) or not item.strip():
-                raise ConfigError(
-                    self.source,
-                    f"{self.key(name)}[{index}]",
-                    f"expected a non-empty string, got {_describe(item)}",
+                raise self.item_error(
+                    name, index, f"expected a non-empty string, got {_describe(item)}"
                 )
         return tuple(value)
 
+    def item_error(self, name: str, index: int, message: str) -> ConfigError:
+        return ConfigError(self.source, f"{self.key(name)}[{index}]", message)
+
     def table(self, name: str) -> _Table:
-        value = self._get(name)
-        if value is None:
-            value = {}
+        value = self.data.get(name, {})
         if not isinstance(value, dict):
             raise self.error(name, f"expected a table, got {_describe(value)}")
         return _Table(self.source, self.key(name), value)
 
-    def reject_unknown(self) -> None:
-        for name in self.data:
-            if name not in self.used:
-                raise self.error(name, "unknown key")
-
 
 def _quote_key(name: str) -> str:
-    if name and all(ch.isalnum() or ch in "_-" for ch in name):
+    """A key as it would be written in TOML: bare if it can be, else a quoted string."""
+    if name and all(ch in _BARE_KEY_CHARS for ch in name):
         return name
     return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _describe(value: object) -> str:
     if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, int):
+        return f"the whole number {value}"
+    if isinstance(value, float):
+        return f"the number {value}"
     if isinstance(value, dict):
         return "a table"
     if isinstance(value, list):
         return "a list"
-    return f"{type(value).__name__} {value!r}"
+    if isinstance(value, datetime.date | datetime.time):
+        return f"the date/time {value.isoformat()}"
+    return f"a {type(value).__name__}"  # pragma: no cover - TOML has no other types
 
 
 def parse_config(text: str, source: str = "<string>", base_dir: Path | None = None) -> Config:
@@ -219,74 +264,67 @@ def parse_config(text: str, source: str = "<string>", base_dir: Path | None = No
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, "", f"invalid TOML: {exc}") from None
     root = _Table(source, "", data)
-    host = root.string("host", "127.0.0.1")
+    root.only(ROOT_KEYS)
     port = root.integer("port", 3000, low=1, high=65535)
-    config_kwargs: dict[str, Any] = {
-        "host": host,
-        "port": port,
-        "max_request_body_mb": root.number("max_request_body_mb", 64.0, positive=True),
-        "shutdown_timeout_secs": root.number("shutdown_timeout_secs", 30.0),
-        "sleep_on_shutdown": root.boolean("sleep_on_shutdown", False),
-        "alive_interval_secs": root.number("alive_interval_secs", 30.0),
-        "api_keys": root.string_list("api_keys"),
-        "admin_token": root.optional_string("admin_token"),
-        "policy": _parse_policy(root.table("policy")),
-    }
     groups = _parse_groups(root.table("groups"))
-    models = _parse_models(root.table("models"), groups, own_port=port)
-    root.reject_unknown()
     return Config(
         source=source,
         base_dir=base_dir if base_dir is not None else Path.cwd(),
-        models=models,
+        host=root.string("host", "127.0.0.1", what="a listen address"),
+        port=port,
+        max_request_body_mb=root.number(
+            "max_request_body_mb", 64.0, positive=True, maximum=MAX_REQUEST_BODY_MB
+        ),
+        shutdown_timeout_secs=root.number("shutdown_timeout_secs", 30.0),
+        sleep_on_shutdown=root.boolean("sleep_on_shutdown", False),
+        alive_interval_secs=root.number("alive_interval_secs", 30.0),
+        api_keys=root.string_list("api_keys"),
+        admin_token=root.optional_string("admin_token"),
+        policy=_parse_policy(root.table("policy")),
         groups=groups,
-        **config_kwargs,
+        models=_parse_models(root.table("models"), groups, own_port=port),
     )
 
 
 def _parse_policy(table: _Table) -> PolicyConfig:
-    name = table.string("name", "fifo")
-    if name not in BUILTIN_POLICIES and not _looks_like_import_path(name):
-        known = ", ".join(BUILTIN_POLICIES)
-        raise table.error(
-            "name", f"unknown policy {name!r}: expected one of {known} or 'package.module:Class'"
-        )
-    timeout: float | None = 300.0
-    if "request_timeout_secs" in table.data:
-        timeout = table.number("request_timeout_secs", 300.0, positive=True)
-    policy = PolicyConfig(
+    table.only(POLICY_KEYS)
+    name = table.string("name", "fifo", what="a policy name")
+    if name not in BUILTIN_POLICIES:
+        expected = f"expected one of {', '.join(BUILTIN_POLICIES)} or 'package.module:ClassName'"
+        if ":" not in name:
+            raise table.error("name", f"unknown policy {name!r}: {expected}")
+        if not _looks_like_import_path(name):
+            raise table.error("name", f"malformed policy import path {name!r}: {expected}")
+    return PolicyConfig(
         name=name,
-        request_timeout_secs=timeout,
+        # Omitted means unlimited (DESIGN §2): the request still ends, bounded by the
+        # wake hook's own timeout. The starter config sets 300 explicitly.
+        request_timeout_secs=table.optional_number("request_timeout_secs", positive=True),
         drain_before_switch=table.boolean("drain_before_switch", True),
         min_active_secs=table.number("min_active_secs", 0.0),
         drain_timeout_secs=table.number("drain_timeout_secs", 0.0),
         idle_sleep_secs=table.number("idle_sleep_secs", 0.0),
         max_queued_requests=table.integer("max_queued_requests", 0, low=0, high=1_000_000),
     )
-    table.reject_unknown()
-    return policy
 
 
 def _looks_like_import_path(name: str) -> bool:
-    module, sep, attribute = name.partition(":")
-    parts = module.split(".")
-    return bool(sep) and attribute.isidentifier() and all(p.isidentifier() for p in parts)
+    module, _, attribute = name.partition(":")
+    return attribute.isidentifier() and all(part.isidentifier() for part in module.split("."))
 
 
 def _parse_groups(table: _Table) -> dict[str, GroupConfig]:
     groups = {DEFAULT_GROUP: GroupConfig(name=DEFAULT_GROUP)}
     for name in table.data:
         entry = table.table(name)
-        groups[name] = GroupConfig(
-            name=name,
-            exclusive=entry.boolean("exclusive", False),
-            persistent=entry.boolean("persistent", False),
-        )
-        for flag in ("exclusive", "persistent"):
-            if entry.data.get(flag) is True:
+        if not name.strip():
+            raise ConfigError(table.source, entry.path, "a group name must not be empty")
+        entry.only(GROUP_KEYS)
+        for flag in GROUP_KEYS:
+            if entry.boolean(flag, False):
                 # Accepting the flag without honouring it would be a silent lie.
                 raise entry.error(flag, "is not supported yet by this version of aiollmux")
-        entry.reject_unknown()
+        groups[name] = GroupConfig(name=name)
     return groups
 
 
@@ -294,10 +332,11 @@ def _parse_models(
     table: _Table, groups: Mapping[str, GroupConfig], *, own_port: int
 ) -> dict[str, ModelConfig]:
     if not table.data:
-        raise ConfigError(table.source, "models", "at least one model is required ([models.ID])")
+        raise ConfigError(
+            table.source, "models", "at least one model is required, e.g. [models.llama]"
+        )
     models: dict[str, ModelConfig] = {}
     ports: dict[int, str] = {}
-    names: dict[str, str] = {}  # every id and alias -> the model that owns it
     for model_id in table.data:
         entry = table.table(model_id)
         if not model_id.strip():
@@ -308,37 +347,58 @@ def _parse_models(
                 "port", f"port {model.port} is already used by model {ports[model.port]!r}"
             )
         if model.port == own_port:
-            raise entry.error("port", f"port {model.port} is aiollmux's own listen port")
-        ports[model.port] = model_id
-        if model_id in names:
-            raise ConfigError(
-                table.source, entry.path, f"model id collides with an alias of {names[model_id]!r}"
+            raise entry.error(
+                "port", f"port {model.port} is aiollmux's own listen port (the top-level port)"
             )
-        names[model_id] = model_id
+        ports[model.port] = model_id
         models[model_id] = model
-    for model in models.values():
-        key = f"{table.key(model.id)}.aliases"
-        for alias in model.aliases:
-            owner = names.get(alias)
-            if owner is not None:
-                what = "the model id" if owner == alias else f"an alias of model {owner!r}"
-                raise ConfigError(table.source, key, f"alias {alias!r} collides with {what}")
-            names[alias] = model.id
+    _check_aliases(table, models)
     return models
 
 
+def _check_aliases(table: _Table, models: Mapping[str, ModelConfig]) -> None:
+    """Every id and alias names exactly one model."""
+    owners: dict[str, str] = {}  # alias -> the model that lists it
+    for model in models.values():
+        entry = _Table(table.source, table.key(model.id), {})
+        for index, alias in enumerate(model.aliases):
+            if alias in models:
+                message = f"alias {alias!r} is already the id of model {alias!r}"
+            elif owners.get(alias) == model.id:
+                first = model.aliases.index(alias)
+                message = f"alias {alias!r} is listed twice (also at aliases[{first}])"
+            elif alias in owners:
+                message = f"alias {alias!r} is already an alias of model {owners[alias]!r}"
+            else:
+                owners[alias] = model.id
+                continue
+            raise entry.item_error("aliases", index, message)
+
+
 def _parse_model(model_id: str, entry: _Table, groups: Mapping[str, GroupConfig]) -> ModelConfig:
-    group = entry.string("group", DEFAULT_GROUP)
+    for name, value in entry.data.items():
+        if isinstance(value, dict) and name not in MODEL_KEYS:
+            # [models.llama3.1] is the table "1" inside "llama3": the id needed quotes.
+            quoted = _quote_key(f"{model_id}.{name}")  # contains '.', so always quoted
+            raise entry.error(
+                name, f"unknown key; an id containing '.' must be quoted: [models.{quoted}]"
+            )
+    entry.only(MODEL_KEYS)
+    command = "a hook command (a script path or inline shell)"
+    group = entry.string("group", DEFAULT_GROUP, what="a group name")
     if group not in groups:
-        raise entry.error("group", f"unknown group {group!r}: declare it as [groups.{group}]")
-    model = ModelConfig(
+        declared = ", ".join(sorted(groups))
+        raise entry.error(
+            "group",
+            f"unknown group {group!r}: declare it as [groups.{_quote_key(group)}]"
+            f" (declared: {declared})",
+        )
+    return ModelConfig(
         id=model_id,
-        port=entry.integer("port", 0, low=1, high=65535)
-        if "port" in entry.data
-        else _missing(entry, "port", "a port number"),
-        wake=entry.string("wake", required=True),
-        sleep=entry.string("sleep", required=True),
-        alive=entry.string("alive", required=True),
+        port=entry.integer("port", None, low=1, high=65535),
+        wake=entry.string("wake", None, what=command),
+        sleep=entry.string("sleep", None, what=command),
+        alive=entry.string("alive", None, what=command),
         wake_timeout_secs=entry.number("wake_timeout_secs", 600.0, positive=True),
         sleep_timeout_secs=entry.number("sleep_timeout_secs", 120.0, positive=True),
         alive_timeout_secs=entry.number("alive_timeout_secs", 10.0, positive=True),
@@ -346,14 +406,6 @@ def _parse_model(model_id: str, entry: _Table, groups: Mapping[str, GroupConfig]
         upstream_model=entry.optional_string("upstream_model"),
         group=group,
     )
-    if len(set(model.aliases)) != len(model.aliases):
-        raise entry.error("aliases", "lists an alias twice")
-    entry.reject_unknown()
-    return model
-
-
-def _missing(entry: _Table, name: str, what: str) -> int:
-    raise entry.error(name, f"is required ({what})")
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:
@@ -365,26 +417,52 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except FileNotFoundError:
         raise ConfigError(source, "", "file not found (create one with `aiollmux init`)") from None
     except UnicodeDecodeError as exc:
-        raise ConfigError(source, "", f"not valid UTF-8: {exc.reason}") from None
+        raise ConfigError(source, "", f"not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
     except OSError as exc:
-        raise ConfigError(source, "", f"cannot read: {exc.strerror}") from None
+        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
     return parse_config(text, source, base_dir=file.resolve().parent)
 
 
 def hook_warnings(config: Config) -> list[str]:
-    """Hooks whose first word names a file that does not exist (a warning, not an error)."""
+    """Hooks whose first word names a script that is missing or not executable.
+
+    Only a first word with a '/' is checked (a bare name is looked up on PATH by sh);
+    relative paths are resolved from the config file's directory, where hooks run.
+    """
     warnings: list[str] = []
     for model in config.models.values():
         for hook in HOOK_NAMES:
-            command = model.hook(hook)
+            program = _hook_program(model.hook(hook))
+            if program is None:
+                continue
             try:
-                words = shlex.split(command)
-            except ValueError:
+                path = config.base_dir / Path(program).expanduser()
+            except RuntimeError:  # ~user of an unknown user: sh will not find it either
+                path = config.base_dir / program
+            if not path.exists():
+                problem = "does not exist"
+            elif not path.is_file():
+                problem = "is not a file"
+            elif not os.access(path, os.X_OK):
+                problem = "is not executable"
+            else:
                 continue
-            if not words or "/" not in words[0]:
-                continue
-            program = config.base_dir / words[0]
-            if not program.exists():
-                key = f"models.{_quote_key(model.id)}.{hook}"
-                warnings.append(f"{config.source}: {key}: {words[0]} does not exist")
+            key = f"models.{_quote_key(model.id)}.{hook}"
+            warnings.append(f"{config.source}: {key}: {program} {problem} (looked for {path})")
     return warnings
+
+
+def _hook_program(command: str) -> str | None:
+    """The script a hook runs, when it can be told without running a shell."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    try:
+        words = list(lexer)
+    except ValueError:
+        return None
+    # Skip `NAME=value` prefixes: `CUDA_VISIBLE_DEVICES=0 ./wake.sh` runs ./wake.sh.
+    while words and words[0].partition("=")[0].isidentifier() and "=" in words[0]:
+        words.pop(0)
+    if not words or "/" not in words[0] or "$" in words[0] or "`" in words[0]:
+        return None
+    return words[0]

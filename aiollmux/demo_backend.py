@@ -1,37 +1,24 @@
 """`aiollmux demo-backend`: a small OpenAI-compatible fake model server that streams tokens.
 
 The default `llmux.toml` wakes and sleeps these, so aiollmux runs on a machine with no
-GPU. `--detach`/`--stop`/`--check` with a pidfile let POSIX sh hooks manage them.
+GPU. The hooks' `--detach`/`--stop`/`--check` live in `aiollmux.demo_control`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 import uuid
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-_READY_POLL_SECS = 0.05
+from aiollmux.demo_control import DemoSettings
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class DemoSettings:
-    model: str
-    port: int
-    host: str = "127.0.0.1"
-    token_delay: float = 0.02
-    load_secs: float = 0.0
+__all__ = ["DemoSettings", "build_demo_app", "serve_demo"]
 
 
 def _reply_words(model: str, prompt: str) -> list[str]:
@@ -81,7 +68,11 @@ def build_demo_app(settings: DemoSettings) -> web.Application:
                 "created": int(time.time()),
                 "model": settings.model,
                 "choices": [choice],
-                "usage": {"prompt_tokens": 1, "completion_tokens": len(words)},
+                "usage": {
+                    "prompt_tokens": 1,
+                    "completion_tokens": len(words),
+                    "total_tokens": 1 + len(words),
+                },
             }
         )
 
@@ -128,7 +119,8 @@ async def _stream(
     return response
 
 
-async def serve_demo(settings: DemoSettings) -> None:
+async def serve_demo(settings: DemoSettings, *, ready_fd: int | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; once listening, write a line to `ready_fd` and close it."""
     if settings.load_secs > 0:
         await asyncio.sleep(settings.load_secs)  # pretend to load weights
     runner = web.AppRunner(build_demo_app(settings), access_log=None, handler_cancellation=True)
@@ -139,97 +131,11 @@ async def serve_demo(settings: DemoSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         await web.TCPSite(runner, settings.host, settings.port, reuse_address=True).start()
+        if ready_fd is not None:
+            os.write(ready_fd, b"ready\n")
+            os.close(ready_fd)
         await stop.wait()
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
         await runner.cleanup()
-
-
-# -- pidfile management for hooks ------------------------------------------------------
-
-
-class DemoControlError(Exception):
-    """A detach/stop/check step failed; the message is one line for a hook's stderr."""
-
-
-def _read_pid(pidfile: Path) -> int | None:
-    try:
-        return int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # A zombie child of ours counts as gone.
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    return True
-
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def check(settings: DemoSettings, pidfile: Path) -> None:
-    pid = _read_pid(pidfile)
-    if pid is None or not _alive(pid):
-        raise DemoControlError(f"no demo backend running (pidfile {pidfile})")
-    if not _port_open(settings.host, settings.port):
-        raise DemoControlError(f"demo backend {pid} is not answering on port {settings.port}")
-
-
-def detach(settings: DemoSettings, pidfile: Path, ready_timeout: float) -> int:
-    """Start a backend in its own session; return its pid once it accepts connections."""
-    pid = _read_pid(pidfile)
-    if pid is not None and _alive(pid) and _port_open(settings.host, settings.port):
-        return pid  # already running: waking twice is fine
-    if _port_open(settings.host, settings.port):
-        raise DemoControlError(f"port {settings.port} is already taken by another program")
-    pidfile.parent.mkdir(parents=True, exist_ok=True)
-    log = pidfile.with_suffix(".log")
-    command = [
-        sys.executable, "-m", "aiollmux", "demo-backend",
-        "--model", settings.model, "--port", str(settings.port), "--host", settings.host,
-        "--token-delay", str(settings.token_delay), "--load-secs", str(settings.load_secs),
-    ]  # fmt: skip
-    with open(log, "ab") as output:
-        child = subprocess.Popen(
-            command, stdin=subprocess.DEVNULL, stdout=output, stderr=output,
-            start_new_session=True,
-        )  # fmt: skip
-    pidfile.write_text(f"{child.pid}\n")
-    deadline = time.monotonic() + ready_timeout
-    while not _port_open(settings.host, settings.port):
-        if child.poll() is not None:
-            raise DemoControlError(f"demo backend exited with status {child.returncode}; see {log}")
-        if time.monotonic() > deadline:
-            child.kill()
-            raise DemoControlError(f"demo backend not ready after {ready_timeout:.0f}s")
-        time.sleep(_READY_POLL_SECS)
-    return child.pid
-
-
-def stop(pidfile: Path, timeout: float = 10.0) -> None:
-    """Stop the backend named by the pidfile and wait until it is gone (idempotent)."""
-    pid = _read_pid(pidfile)
-    if pid is not None and _alive(pid):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid):
-            if time.monotonic() > deadline:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(_READY_POLL_SECS)
-    pidfile.unlink(missing_ok=True)

@@ -79,3 +79,11 @@ def test_user_policy_errors_name_the_key(policy_module: Path, name: str, message
         load_policy(PolicyConfig(name=name), "cfg.toml")
     assert message in str(caught.value)
     assert str(caught.value).startswith("cfg.toml: policy.name:")
+
+
+def test_config_knows_every_builtin_policy() -> None:
+    # config may not import the policy package (STYLE), so it keeps its own list.
+    from aiollmux.config import BUILTIN_POLICIES
+    from aiollmux.policy import BUILTINS
+
+    assert set(BUILTIN_POLICIES) == set(BUILTINS)
