@@ -7,10 +7,12 @@ fast.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
@@ -19,6 +21,7 @@ from aiollmux.config import DEFAULT_PATH, Config, hook_warnings, load_config
 from aiollmux.errors import ConfigError
 
 if TYPE_CHECKING:
+    from aiollmux.admin_client import AdminClient
     from aiollmux.demo_control import DemoSettings
     from aiollmux.logs import LogFormat
 
@@ -217,3 +220,88 @@ def _serve_demo(settings: DemoSettings, ready_fd: int | None) -> None:
         where = f"{settings.host}:{settings.port}"
         click.echo(f"error: cannot listen on {where}: {_reason(error)}", err=True)
         sys.exit(1)
+
+
+# -- admin API clients ----------------------------------------------------------------
+
+url_option = click.option(
+    "--url",
+    envvar="LLMUX_URL",
+    default="http://127.0.0.1:3000",
+    show_default=True,
+    help="Where aiollmux listens (or $LLMUX_URL); the token comes from $LLMUX_ADMIN_TOKEN.",
+)
+
+
+def _client(url: str) -> AdminClient:
+    from aiollmux.admin_client import AdminClient
+
+    return AdminClient(url, os.environ.get("LLMUX_ADMIN_TOKEN") or None)
+
+
+def _admin(coroutine: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    from aiollmux.admin_client import AdminError, run_sync
+
+    try:
+        result: dict[str, Any] = run_sync(coroutine)
+    except AdminError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    return result
+
+
+@main.command()
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="Print the raw JSON (for scripts).")
+def status(url: str, as_json: bool) -> None:
+    """Show the daemon's state: active model, in-flight and queued requests, costs."""
+    from aiollmux.admin_client import render_status
+
+    answer = _admin(_client(url).status())
+    click.echo(json.dumps(answer, indent=2) if as_json else render_status(answer))
+
+
+@main.command()
+@url_option
+@click.argument("model")
+def switch(url: str, model: str) -> None:
+    """Make MODEL the active model now (bypassing the policy)."""
+    click.echo(f"switching to {model}...", err=True)
+    answer = _admin(_client(url).act("/admin/switch", {"model": model}, sys.stderr))
+    click.echo(f"{answer.get('active_model', model)} is active")
+
+
+@main.command()
+@url_option
+@click.option("--group", help="Only this GPU group (default: every group).")
+def sleep(url: str, group: str | None) -> None:
+    """Drain and put the active model(s) to sleep."""
+    click.echo("putting the active model to sleep...", err=True)
+    body = {"group": group} if group else {}
+    _admin(_client(url).act("/admin/sleep", body, sys.stderr))
+    click.echo("idle")
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
+def migrate(source: Path, output: Path | None) -> None:
+    """Convert an llmux YAML/JSON config to aiollmux TOML (stdout without -o)."""
+    from aiollmux.migrate import migrate as convert
+
+    try:
+        text, warnings = convert(source)
+    except ConfigError as error:
+        _fail_config(error)
+    for warning in warnings:
+        click.echo(f"warning: {source}: {warning}", err=True)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        with output.open("x", encoding="utf-8") as file:
+            file.write(text)
+    except FileExistsError:
+        click.echo(f"error: {output} already exists; not overwriting it", err=True)
+        sys.exit(1)
+    click.echo(f"wrote {output}; check it with `aiollmux check -c {output}`", err=True)

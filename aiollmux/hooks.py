@@ -134,6 +134,7 @@ def hook_environment(model: ModelConfig, hook: HookName) -> dict[str, str]:
     env = dict(os.environ)
     env["LLMUX_MODEL"] = model.id
     env["LLMUX_PORT"] = str(model.port)
+    env["LLMUX_DEST_PORT"] = env["LLMUX_PORT"]  # llmux's name, so its hooks carry over
     env["LLMUX_HOOK"] = hook
     # Hooks may call `aiollmux` itself (the demo config does); make the running
     # installation findable even when the daemon was started by its full path.
