@@ -101,9 +101,12 @@ def _is_loopback(remote: str | None) -> bool:
     if remote is None:
         return False
     try:
-        return ipaddress.ip_address(remote.split("%")[0]).is_loopback
+        address = ipaddress.ip_address(remote.split("%")[0])
     except ValueError:
         return False
+    # A dual-stack listener sees local IPv4 clients as ::ffff:127.0.0.1.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return bool((mapped or address).is_loopback)
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

@@ -37,7 +37,9 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-_SET_BY_CLIENT = frozenset({"host", "content-length"})
+# `Expect: 100-continue` too: the whole body is already here, and aiohttp's client would
+# wait (without a timeout) for a 100 that a backend is allowed never to send.
+_SET_BY_CLIENT = frozenset({"host", "content-length", "expect"})
 _SKIP_AUTO_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
 # Errors that mean a pooled keep-alive connection was already dead when reused.
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)

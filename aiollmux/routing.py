@@ -1,9 +1,10 @@
 """Finding the `model` a request names, without parsing a multi-megabyte prompt (DESIGN §4).
 
-JSON bodies are scanned for the top-level `"model"` key with a C-speed tokenizer that
-skips over strings; small bodies are also fully validated with `json.loads`. Multipart
-bodies (audio endpoints) are searched for their `model` form field. The byte span of the
-value is kept so `upstream_model` can be spliced in without re-encoding the body.
+JSON bodies are scanned for the top-level `"model"` key with a tokenizer that jumps from
+quote to quote (`bytes.find`/`bytes.count` do the per-byte work in C) and builds no
+objects; small bodies are also fully validated with `json.loads`. Multipart bodies (audio
+endpoints) are searched for their `model` form field. The byte span of the value is kept
+so `upstream_model` can be spliced in without re-encoding the body.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from typing import NoReturn
 
 from aiollmux.errors import InvalidJSON, ModelRequired
 
@@ -18,8 +20,21 @@ from aiollmux.errors import InvalidJSON, ModelRequired
 # larger ones are only scanned, and the backend validates the rest.
 VALIDATE_LIMIT = 256 * 1024
 
+# RFC 8259 §8.1: a parser may ignore a leading byte order mark; Python's json does.
+_BOM = b"\xef\xbb\xbf"
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_STRING_REST = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)  # from inside a string
 _SPACE = b" \t\r\n"
+_QUOTE = ord('"')
+_TOKEN = re.compile(rb'["{}[\]]')
+# Inside nested values: runs of text, short strings (bounded, so a long one is left to
+# `bytes.find`) and innermost containers, matched possessively (no backtracking).
+_TEXT = rb'[^"{}[\]]++'
+_SHORT_STRING = rb'"(?:[^"\\]{1,256}+|\\.){0,32}+"'
+_FLAT = rb"(?:%s|%s)*+" % (_TEXT, _SHORT_STRING)
+_NESTED_RUN = re.compile(
+    rb"(?:%s|%s|\[%s\]|\{%s\})*+" % (_TEXT, _SHORT_STRING, _FLAT, _FLAT), re.DOTALL
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +50,7 @@ class ModelField:
 
 
 def find_model(body: bytes, content_type: str) -> ModelField:
-    if not body.strip():
+    if _skip_space(body, 0) == len(body):
         raise ModelRequired('the request body is empty; a JSON body with "model" is required')
     mime, params = _parse_content_type(content_type)
     if mime == "multipart/form-data":
@@ -43,58 +58,123 @@ def find_model(body: bytes, content_type: str) -> ModelField:
     return _find_json(body)
 
 
+# -- JSON ---------------------------------------------------------------------------------
+
+
 def _find_json(body: bytes) -> ModelField:
     if len(body) <= VALIDATE_LIMIT:
-        try:
-            document = json.loads(body)
-        except (ValueError, RecursionError) as exc:
-            raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
+        document = _parse(body)
         if not isinstance(document, dict):
             raise ModelRequired('the request body must be a JSON object with a "model" field')
         if "model" not in document:
             raise ModelRequired('the request body has no "model" field')
-    found = _scan(body)
+    # Small bodies: walk all of it, so duplicates resolve as json.loads resolves them.
+    # Large ones: stop at the first top-level "model" (the common layout puts it
+    # first), leaving the rest of a multi-megabyte prompt for the backend to validate.
+    small = len(body) <= VALIDATE_LIMIT
+    found = (None if small else _model_near_the_end(body)) or _scan(body, exhaustive=small)
     if found is None:
         raise ModelRequired('the request body has no "model" field')
     return found
 
 
-def _scan(body: bytes) -> ModelField | None:
-    """The top-level "model" key's value, found by jumping from quote to quote.
+def _parse(body: bytes) -> object:
+    # JSON on the wire is UTF-8 (RFC 8259 §8.1): no UTF-16/32 guessing as json.loads(bytes) does.
+    try:
+        return json.loads(body.decode("utf-8-sig"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
 
-    Only strings can hide brackets, so between two strings the depth changes by the
-    brackets in the gap; `bytes.find`/`bytes.count` do all per-byte work in C.
+
+# How far from the end a "model" key is looked for before walking from the start.
+_TAIL_WINDOW = 64 * 1024
+_TAIL_CANDIDATES = 8
+
+
+def _model_near_the_end(body: bytes) -> ModelField | None:
+    """The common layouts besides "model" first: among the last few members, as the
+    OpenAI SDKs write it (`{"messages": [...], "model": ..., "stream": true}`).
+
+    In valid JSON the bytes `"model"` are always the string "model" (a raw quote cannot
+    occur inside a string). The last such key is a top-level one exactly when walking
+    on from it, at depth 1, closes the object at the very end of the body.
     """
-    start = _skip_space(body, 0)
+    start = _skip_space(body, len(_BOM) if body.startswith(_BOM) else 0)
+    if body[start : start + 1] != b"{" or body.startswith(b'"model"', _skip_space(body, start + 1)):
+        return None  # not an object, or "model" comes first: the forward scan is instant
+    floor, end = max(start, len(body) - _TAIL_WINDOW), len(body)
+    for _ in range(_TAIL_CANDIDATES):
+        candidate = body.rfind(b'"model"', floor, end)
+        if candidate == -1:
+            break
+        colon = _skip_space(body, candidate + len(b'"model"'))
+        if body[colon : colon + 1] == b":" and _closes_the_body(body, candidate):
+            return _model_value(body, _skip_space(body, colon + 1))
+        end = candidate  # a value "model", or a nested key: look further back
+    return None
+
+
+def _closes_the_body(body: bytes, position: int) -> bool:
+    depth = 1
+    while (token := _TOKEN.search(body, position)) is not None:
+        at = token.start()
+        if body[at] == _QUOTE:
+            position = _string_end(body, at)
+            if position == -1:
+                return False
+            continue
+        depth += 1 if body[at] in b"{[" else -1
+        if depth == 0:
+            return _skip_space(body, at + 1) == len(body)
+        position = at + 1
+    return False
+
+
+def _scan(body: bytes, *, exhaustive: bool) -> ModelField | None:
+    """The value of the top-level "model" key.
+
+    `exhaustive`: walk the whole body and take the last "model" (as json.loads does),
+    refusing a truncated body; otherwise return at the first one. Only the top level
+    is walked token by token; inside nested values one regex call skips text, short
+    strings and innermost containers.
+    """
+    start = _skip_space(body, len(_BOM) if body.startswith(_BOM) else 0)
     if body[start : start + 1] != b"{":
-        return _invalid(body, "a JSON object was expected")
-    depth, position = 1, start + 1
-    while True:
-        quote = body.find(b'"', position)
-        if quote == -1:
-            return _invalid(body, "the JSON body ends early")
-        depth += _bracket_balance(body, position, quote)
-        if depth <= 0:
-            return None  # the top-level object closed before this string
-        end = _string_end(body, quote)
+        raise ModelRequired('the request body must be a JSON object with a "model" field')
+    depth, position, value = 1, start + 1, -1
+    while depth > 0:
+        if depth == 1:
+            token = _TOKEN.search(body, position)
+            position = len(body) if token is None else token.start()
+        else:
+            run = _NESTED_RUN.match(body, position)
+            assert run is not None  # the pattern matches the empty string
+            position = run.end()
+        if position == len(body):
+            _invalid("the body ends inside its top-level object")
+        if body[position] != _QUOTE:
+            depth += 1 if body[position] in b"{[" else -1
+            position += 1
+            continue
+        end = _string_end(body, position)
         if end == -1:
-            return _invalid(body, "a JSON string is not closed")
-        if depth == 1 and end - quote == 7 and body[quote:end] == b'"model"':
+            _invalid(f"the string opened at byte {position} is not closed")
+        if depth == 1:
             colon = _skip_space(body, end)
-            if body[colon : colon + 1] == b":":
-                return _model_value(body, _skip_space(body, colon + 1))
+            if body[colon : colon + 1] == b":" and _is_model_key(body, position, end):
+                value = _skip_space(body, colon + 1)
+                if not exhaustive:
+                    return _model_value(body, value)
         position = end
-
-
-def _bracket_balance(body: bytes, start: int, end: int) -> int:
-    opened = body.count(b"{", start, end) + body.count(b"[", start, end)
-    return opened - body.count(b"}", start, end) - body.count(b"]", start, end)
+    if body[position - 1] != ord("}") or _skip_space(body, position) != len(body):
+        _invalid(f"the top-level object does not end the body (byte {position - 1})")
+    return None if value == -1 else _model_value(body, value)
 
 
 def _string_end(body: bytes, quote: int) -> int:
     """Index just past the string that opens at `quote`, or -1."""
     position = quote + 1
-    while True:
+    for _ in range(16):
         close = body.find(b'"', position)
         if close == -1:
             return -1
@@ -103,12 +183,28 @@ def _string_end(body: bytes, quote: int) -> int:
             backslashes += 1
         if backslashes % 2 == 0:
             return close + 1
-        position = close + 1
+        position = close + 1  # an escaped quote: the string goes on
+    # Many escaped quotes (code, JSON in a prompt): the regex steps over them faster.
+    rest = _STRING_REST.match(body, position)
+    return -1 if rest is None else rest.end()
+
+
+def _is_model_key(body: bytes, quote: int, end: int) -> bool:
+    if end - quote == 7:
+        return body[quote:end] == b'"model"'
+    if body.find(b"\\", quote, end) == -1:
+        return False
+    try:  # an escaped key such as "mod\u0065l" is "model" too
+        return bool(json.loads(body[quote:end]) == "model")
+    except ValueError:
+        return False  # an invalid key: not "model", and the backend will refuse the body
 
 
 def _model_value(body: bytes, start: int) -> ModelField:
     value = _STRING.match(body, start)
     if value is None:
+        if body[start : start + 1] == b'"':
+            _invalid(f'the "model" string opened at byte {start} is not closed')
         raise ModelRequired('"model" must be a string')
     try:
         name = json.loads(value.group())
@@ -119,13 +215,10 @@ def _model_value(body: bytes, start: int) -> ModelField:
     return ModelField(name, value.start(), value.end(), json_string=True)
 
 
-def _invalid(body: bytes, reason: str) -> ModelField | None:
-    # Only reached for large bodies (small ones were validated first): let json explain.
-    try:
-        json.loads(body)
-    except (ValueError, RecursionError) as exc:
-        raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
-    raise ModelRequired(f'the request body must be a JSON object with a "model" field ({reason})')
+def _invalid(reason: str) -> NoReturn:
+    # Only reached for large bodies (small ones were validated first); parsing a huge
+    # body just to word the message would cost what the scan exists to avoid.
+    raise InvalidJSON(f"the request body is not valid JSON: {reason}")
 
 
 def _skip_space(body: bytes, index: int) -> int:
@@ -134,35 +227,42 @@ def _skip_space(body: bytes, index: int) -> int:
     return index
 
 
+# -- multipart/form-data -----------------------------------------------------------------
+
+_PARAMETER = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
+
+
 def _parse_content_type(value: str) -> tuple[str, dict[str, str]]:
-    mime, _, rest = value.partition(";")
+    mime, _, _ = value.partition(";")
     params: dict[str, str] = {}
-    for item in rest.split(";"):
-        key, sep, val = item.strip().partition("=")
-        if sep:
-            params[key.strip().lower()] = val.strip().strip('"')
+    for match in _PARAMETER.finditer(value, len(mime)):
+        raw = match.group(2).strip()
+        if raw.startswith('"'):
+            raw = re.sub(r"\\(.)", r"\1", raw[1:-1])
+        params[match.group(1).lower()] = raw
     return mime.strip().lower(), params
 
 
 def _find_multipart(body: bytes, boundary: str) -> ModelField:
     if not boundary:
         raise ModelRequired("multipart/form-data body without a boundary")
-    delimiter = b"--" + boundary.encode("latin-1", errors="replace")
-    position = body.find(delimiter)
+    dash = b"--" + boundary.encode("latin-1", errors="replace")
+    delimiter = b"\r\n" + dash
+    # The first delimiter opens the body or follows a preamble line (RFC 2046 §5.1.1).
+    position = 0 if body.startswith(dash) else body.find(delimiter)
+    if position != -1 and body[position] != ord("-"):
+        position += 2
     while position != -1:
-        header_start = position + len(delimiter)
+        header_start = position + len(dash)
         if body[header_start : header_start + 2] == b"--":
-            break  # closing delimiter
-        header_end = body.find(b"\r\n\r\n", header_start)
-        if header_end == -1:
-            break
-        content_start = header_end + 4
-        next_delimiter = body.find(b"\r\n" + delimiter, content_start)
+            break  # the closing delimiter
+        next_delimiter = body.find(delimiter, header_start)
         if next_delimiter == -1:
             break
-        if _is_model_part(body[header_start:header_end]):
-            raw = body[content_start:next_delimiter]
-            name = raw.decode("utf-8", errors="replace").strip()
+        header_end = body.find(b"\r\n\r\n", header_start, next_delimiter + 2)
+        if header_end != -1 and _is_model_part(body[header_start:header_end]):
+            content_start = header_end + 4
+            name = body[content_start:next_delimiter].decode("utf-8", errors="replace").strip()
             if not name:
                 raise ModelRequired('the multipart "model" field is empty')
             return ModelField(name, content_start, next_delimiter, json_string=False)
@@ -170,7 +270,9 @@ def _find_multipart(body: bytes, boundary: str) -> ModelField:
     raise ModelRequired('the multipart/form-data body has no "model" field')
 
 
-_MODEL_DISPOSITION = re.compile(rb'(?im)^content-disposition:[^\r\n]*;\s*name="?model"?\s*(;|$)')
+_MODEL_DISPOSITION = re.compile(
+    rb'(?im)^content-disposition:[^\r\n]*;[ \t]*name[ \t]*=[ \t]*("model"|model)[ \t]*(?:;|\r|$)'
+)
 
 
 def _is_model_part(headers: bytes) -> bool:
