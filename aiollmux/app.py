@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import ipaddress
 import logging
@@ -31,6 +32,8 @@ from aiollmux.reload import Reloader
 from aiollmux.routing import find_model
 
 logger = logging.getLogger(__name__)
+
+_SCAN_IN_THREAD_BYTES = 4 * 1024 * 1024
 
 MULTIPLEXER = web.AppKey("multiplexer", Multiplexer)
 PROXY = web.AppKey("proxy", Proxy)
@@ -128,7 +131,12 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     check_api_key(request)
     started = time.monotonic()
     body = await read_body(request, config.max_request_body_bytes)
-    field = find_model(body, request.headers.get("Content-Type", ""))
+    content_type = request.headers.get("Content-Type", "")
+    if len(body) > _SCAN_IN_THREAD_BYTES:
+        # A pathological multi-megabyte body can take a walk of a second: not on the loop.
+        field = await asyncio.to_thread(find_model, body, content_type)
+    else:
+        field = find_model(body, content_type)
     model = mux.resolve(field.name)
     if model.upstream_model is not None:
         body = field.rewrite(body, model.upstream_model)

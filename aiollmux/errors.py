@@ -56,7 +56,9 @@ class BodyTooLarge(RequestError):
 
 
 class Unauthorized(RequestError):
-    pass
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["WWW-Authenticate"] = "Bearer"  # RFC 9110 §11.6.1
 
 
 class QueueFull(RequestError, RuntimeError):
