@@ -8,6 +8,7 @@ upstream request; a backend that fails before answering becomes a 502.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections.abc import Iterable
 
@@ -40,6 +41,7 @@ HOP_BY_HOP = frozenset(
 # `Expect: 100-continue` too: the whole body is already here, and aiohttp's client would
 # wait (without a timeout) for a 100 that a backend is allowed never to send.
 _SET_BY_CLIENT = frozenset({"host", "content-length", "expect"})
+_RAW_BYTES_LIMIT = 1024 * 1024
 _SKIP_AUTO_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
 # Errors that mean a pooled keep-alive connection was already dead when reused.
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
@@ -155,7 +157,7 @@ class Proxy:
         for attempt in (1, 2):
             try:
                 return await self.session.request(
-                    method, url, headers=headers, data=body, allow_redirects=False
+                    method, url, headers=headers, data=_payload(body), allow_redirects=False
                 )
             except _STALE_CONNECTION as exc:
                 if attempt == 1 and not isinstance(exc, aiohttp.ClientConnectorError):
@@ -175,6 +177,12 @@ class Proxy:
             extra={"event": "backend_error", "model": model.id, "port": model.port},
         )
         return BackendError(f"backend of model {model.id!r} failed: {reason}")
+
+
+def _payload(body: bytes) -> bytes | io.BytesIO:
+    # aiohttp warns about sending more than 1 MiB of raw bytes at once; a BytesIO view of
+    # the same buffer (no copy) is written in chunks. A fresh one per attempt: it is consumed.
+    return io.BytesIO(body) if len(body) > _RAW_BYTES_LIMIT else body
 
 
 def _client_gone(request: web.Request) -> bool:
