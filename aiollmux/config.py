@@ -320,11 +320,11 @@ def _parse_groups(table: _Table) -> dict[str, GroupConfig]:
         if not name.strip():
             raise ConfigError(table.source, entry.path, "a group name must not be empty")
         entry.only(GROUP_KEYS)
-        for flag in GROUP_KEYS:
-            if entry.boolean(flag, False):
-                # Accepting the flag without honouring it would be a silent lie.
-                raise entry.error(flag, "is not supported yet by this version of aiollmux")
-        groups[name] = GroupConfig(name=name)
+        groups[name] = GroupConfig(
+            name=name,
+            exclusive=entry.boolean("exclusive", False),
+            persistent=entry.boolean("persistent", False),
+        )
     return groups
 
 

@@ -39,6 +39,7 @@ class Multiplexer:
         self.switchers: dict[str, Switcher] = {}
         self.monitors: dict[str, HealthMonitor] = {}
         self._started = False
+        self.exclusive_gate = _ExclusiveGate(self)
         self._retiring: set[asyncio.Task[None]] = set()
         for group in config.groups:
             self._add_group(group, config, load_policy(config.policy, config.source))
@@ -62,6 +63,7 @@ class Multiplexer:
         )
         self.switchers[group] = switcher
         self.monitors[group] = monitor
+        self._set_gate(group, config)
         if self._started:
             switcher.start()
             monitor.start()
@@ -88,6 +90,8 @@ class Multiplexer:
                 self.switchers[group].configure(
                     policy_config=new.policy, policy=policy, base_dir=new.base_dir
                 )
+        for group in self.switchers:
+            self._set_gate(group, new)
         for monitor in self.monitors.values():
             monitor.configure(
                 alive_interval=new.alive_interval_secs, idle_sleep=new.policy.idle_sleep_secs
@@ -102,6 +106,11 @@ class Multiplexer:
         self.generation += 1
         self.loaded_at = datetime.now(UTC)
         self.last_reload_error = None
+
+    def _set_gate(self, group: str, config: Config) -> None:
+        settings = config.groups.get(group)
+        exclusive = settings is not None and settings.exclusive
+        self.switchers[group].exclusive_gate = self.exclusive_gate if exclusive else None
 
     def _retire(self, switcher: Switcher, model: str) -> None:
         task = asyncio.create_task(switcher.retire(model), name=f"retire-{model}")
@@ -225,3 +234,18 @@ class Multiplexer:
                 "restart_required": self.restart_required,
             },
         }
+
+
+class _ExclusiveGate:
+    """Serialises exclusive switches and sleeps the other groups' models for them."""
+
+    def __init__(self, mux: Multiplexer) -> None:
+        self.mux = mux
+        self.lock = asyncio.Lock()
+
+    async def clear_others(self, switcher: Switcher) -> None:
+        for group, other in self.mux.switchers.items():
+            settings = self.mux.config.groups.get(group)
+            if other is switcher or (settings is not None and settings.persistent):
+                continue
+            await other.yield_gpu()

@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, Protocol
 
 from aiollmux.config import ModelConfig, PolicyConfig
 from aiollmux.cost import IDLE, SwitchCosts
@@ -77,6 +77,14 @@ class _ModelRuntime:
         self.idle.set()
 
 
+class ExclusiveGate(Protocol):
+    """What an exclusive group's switch uses to clear the GPU of other groups' models."""
+
+    lock: asyncio.Lock
+
+    async def clear_others(self, switcher: Switcher) -> None: ...
+
+
 class _ForcedSwitch(NamedTuple):
     target: str | None
     done: asyncio.Future[None]
@@ -122,6 +130,10 @@ class Switcher:
         self._kick = asyncio.Event()
         # Switches and sleeps asked for by name (admin API, idle sleep), ahead of the policy.
         self._forced: deque[_ForcedSwitch] = deque()
+        # Held while this group runs a wake or sleep hook: another group's exclusive
+        # switch takes it too, to sleep our model (DESIGN §8).
+        self.busy = asyncio.Lock()
+        self.exclusive_gate: ExclusiveGate | None = None  # set for exclusive groups
         self.last_activity = clock()  # when a request last started or ended
         self.on_change: list[Callable[[], None]] = []  # called when the active model changes
         self._retry_handle: asyncio.TimerHandle | None = None
@@ -374,21 +386,38 @@ class Switcher:
         if target == self.active:
             return None
         if target is None:
+            await self.yield_gpu()
+            return None
+        failure = await self._switch(target)
+        return None if failure is None else WakeFailed(failure)
+
+    async def yield_gpu(self) -> None:
+        """Drain and sleep the active model (an admin sleep, idle sleep, a removal, or
+        another group's exclusive switch)."""
+        async with self.busy:
             source = self.active
-            assert source is not None
+            if source is None:
+                return
             self.switching = Transition(source, None)
             try:
                 await self._put_to_sleep(source, None)
             finally:
                 self.switching = None
-            return None
-        failure = await self._switch(target)
-        return None if failure is None else WakeFailed(failure)
 
     # -- switching ---------------------------------------------------------------------
 
     async def _switch(self, target: str) -> str | None:
         """Drain and sleep the active model, wake `target`; the failure message, if any."""
+        gate = self.exclusive_gate
+        if gate is None:
+            async with self.busy:
+                return await self._switch_locked(target)
+        # One exclusive switch at a time, and its lock before our own: two exclusive
+        # groups can then never wait for each other's locks.
+        async with gate.lock, self.busy:
+            return await self._switch_locked(target)
+
+    async def _switch_locked(self, target: str) -> str | None:
         source = self.active
         started = self.clock()
         self.switching = Transition(source, target)
@@ -402,6 +431,8 @@ class Switcher:
         try:
             if source is not None:
                 await self._put_to_sleep(source, target)
+            if self.exclusive_gate is not None:
+                await self.exclusive_gate.clear_others(self)
             wake = await self._run_hook(target, "wake")
             if wake.ok:
                 self._activated(target, source, started)

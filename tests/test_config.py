@@ -280,10 +280,11 @@ def test_unknown_group_suggests_a_quoted_table_when_needed() -> None:
     assert_error(model(extra='group = "gpu.0"\n'), "models.llama.group", '[groups."gpu.0"]')
 
 
-@pytest.mark.parametrize("flag", ["exclusive", "persistent"])
-def test_group_flags_are_not_supported_yet(flag: str) -> None:
-    text = f"[groups.gpu0]\n{flag} = true\n" + model(extra='group = "gpu0"\n')
-    assert_error(text, f"groups.gpu0.{flag}", "is not supported yet")
+def test_group_flags() -> None:
+    text = "[groups.gpu0]\nexclusive = true\n[groups.embed]\npersistent = true\n"
+    config = parse(text + model(extra='group = "gpu0"\n'))
+    assert config.groups["gpu0"] == GroupConfig(name="gpu0", exclusive=True)
+    assert config.groups["embed"] == GroupConfig(name="embed", persistent=True)
 
 
 def test_group_flags_false_are_accepted() -> None:

@@ -1,0 +1,78 @@
+"""GPU groups (DESIGN §8): parallel switchers, exclusive and persistent groups."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.support import Lab, running_daemon
+
+GROUPS = """
+[groups.big]
+exclusive = true
+[groups.embed]
+persistent = true
+[groups.side]
+"""
+
+
+def _per_model() -> dict[str, dict[str, object]]:
+    return {"huge": {"group": "big"}, "embedder": {"group": "embed"}, "helper": {"group": "side"}}
+
+
+async def test_groups_switch_independently(lab: Lab) -> None:
+    await lab.add_backends("chat", "helper")
+    config = lab.config(policy="[groups.side]\n", per_model={"helper": {"group": "side"}})
+    async with running_daemon(config) as daemon:
+        results = await asyncio.gather(daemon.chat("chat"), daemon.chat("helper"))
+        for response, model in zip(results, ("chat", "helper"), strict=True):
+            async with response:
+                assert (await response.json())["model"] == model
+        status = await daemon.status()
+        assert status["groups"]["default"]["active_model"] == "chat"
+        assert status["groups"]["side"]["active_model"] == "helper"
+        assert status["models"]["helper"]["group"] == "side"
+        assert "start sleep" not in " ".join(lab.journal.lines())  # nobody had to yield
+    assert lab.violations() == []
+
+
+async def test_exclusive_switch_clears_other_groups_but_not_persistent(lab: Lab) -> None:
+    await lab.add_backends("chat", "helper", "embedder", "huge")
+    config = lab.config(policy=GROUPS, per_model=_per_model())
+    async with running_daemon(config) as daemon:
+        for model in ("chat", "helper", "embedder"):
+            async with await daemon.chat(model) as response:
+                assert response.status == 200
+        async with await daemon.chat("huge") as response:
+            assert (await response.json())["model"] == "huge"
+        lines = lab.journal.lines()
+        wake_huge = lines.index("start wake huge")
+        # Every non-persistent group's model was put to sleep before the exclusive wake.
+        assert lines.index("end sleep chat") < wake_huge
+        assert lines.index("end sleep helper") < wake_huge
+        assert "start sleep embedder" not in lines
+        status = await daemon.status()
+        assert status["groups"]["default"]["active_model"] is None
+        assert status["groups"]["embed"]["active_model"] == "embedder"
+        # A non-exclusive group's switch does not sleep the exclusive group's model.
+        async with await daemon.chat("chat") as response:
+            assert (await response.json())["model"] == "chat"
+        assert "start sleep huge" not in lab.journal.lines()
+        assert (await daemon.status())["groups"]["big"]["active_model"] == "huge"
+    assert lab.violations() == []
+
+
+async def test_concurrent_exclusive_groups_do_not_deadlock(lab: Lab) -> None:
+    await lab.add_backends("one", "two", "chat")
+    groups = "[groups.a]\nexclusive = true\n[groups.b]\nexclusive = true\n"
+    config = lab.config(
+        policy=groups, per_model={"one": {"group": "a"}, "two": {"group": "b"}}, hook_delay=0.05
+    )
+    async with running_daemon(config) as daemon:
+        models = ["one", "two", "chat"] * 6
+        responses = await asyncio.wait_for(
+            asyncio.gather(*(daemon.chat(m) for m in models)), timeout=30
+        )
+        for response, model in zip(responses, models, strict=True):
+            async with response:
+                assert (await response.json())["model"] == model
+    assert lab.violations() == []
