@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import ipaddress
 import logging
@@ -29,11 +30,9 @@ from aiollmux.metrics import CONTENT_TYPE, Metrics
 from aiollmux.multiplexer import Multiplexer
 from aiollmux.proxy import Proxy
 from aiollmux.reload import Reloader
-from aiollmux.routing import find_model
+from aiollmux.routing import find_model, find_model_quickly
 
 logger = logging.getLogger(__name__)
-
-_SCAN_IN_THREAD_BYTES = 4 * 1024 * 1024
 
 MULTIPLEXER = web.AppKey("multiplexer", Multiplexer)
 PROXY = web.AppKey("proxy", Proxy)
@@ -50,19 +49,25 @@ def error_response(error: RequestError) -> web.Response:
     )
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except RequestError as error:
-        return error_response(error)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        shape = error_body(exc.reason, shape_of(RequestError(exc.reason)))
-        shape["error"]["type"] = "invalid_request_error" if exc.status < 500 else "server_error"
-        shape["error"]["code"] = exc.reason.lower().replace(" ", "_")
-        return web.json_response(shape, status=exc.status)
+def openai_errors(handler: Handler) -> Handler:
+    """Answer a `RequestError` as OpenAI-shaped JSON (a wrapper fixed at registration,
+    not a middleware: aiohttp rebuilds the middleware chain on every request)."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RequestError as error:
+            return error_response(error)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            shape = error_body(exc.reason, shape_of(RequestError(exc.reason)))
+            shape["error"]["type"] = "invalid_request_error" if exc.status < 500 else "server_error"
+            shape["error"]["code"] = exc.reason.lower().replace(" ", "_")
+            return web.json_response(shape, status=exc.status)
+
+    return wrapped
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -132,11 +137,10 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     body = await read_body(request, config.max_request_body_bytes)
     content_type = request.headers.get("Content-Type", "")
-    if len(body) > _SCAN_IN_THREAD_BYTES:
-        # A pathological multi-megabyte body can take a walk of a second: not on the loop.
+    field = find_model_quickly(body, content_type)
+    if field is None:
+        # An unusual layout of a large body: walking megabytes can take a while, off the loop.
         field = await asyncio.to_thread(find_model, body, content_type)
-    else:
-        field = find_model(body, content_type)
     model = mux.resolve(field.name)
     if model.upstream_model is not None:
         body = field.rewrite(body, model.upstream_model)
@@ -158,10 +162,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
             mux.backend_failed(model)
         raise
     finally:
-        metrics.requests_total.labels(model=model.id, status=status).inc()
-        metrics.request_duration.labels(model=model.id, status=status).observe(
-            time.monotonic() - started
-        )
+        metrics.request_finished(model.id, status, time.monotonic() - started)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -255,22 +256,26 @@ def build_app(
     `watch`: reload when the config file (`config.source`) changes on disk.
     """
     metrics = metrics if metrics is not None else Metrics()
-    app = web.Application(middlewares=[errors_middleware], client_max_size=2**63)
+    app = web.Application(client_max_size=2**63)
     app[METRICS] = metrics
     mux = app[MULTIPLEXER] = Multiplexer(config, metrics)
     app[RELOADER] = Reloader(mux, Path(config.source), watch=watch)
     app[PROXY] = Proxy()
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_stop_switching)
-    app.router.add_get("/health", health)
-    app.router.add_get("/metrics", metrics_handler)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/v1/models/{model_id:.+}", get_model)
-    app.router.add_get("/admin/status", admin_status)
-    app.router.add_post("/admin/switch", admin_switch)
-    app.router.add_post("/admin/sleep", admin_sleep)
-    app.router.add_post("/admin/reload", admin_reload)
-    app.router.add_route("*", "/{tail:.*}", proxy_handler)
+    routes: list[tuple[str, str, Handler]] = [
+        ("GET", "/health", health),
+        ("GET", "/metrics", metrics_handler),
+        ("GET", "/v1/models", list_models),
+        ("GET", "/v1/models/{model_id:.+}", get_model),
+        ("GET", "/admin/status", admin_status),
+        ("POST", "/admin/switch", admin_switch),
+        ("POST", "/admin/sleep", admin_sleep),
+        ("POST", "/admin/reload", admin_reload),
+        ("*", "/{tail:.*}", proxy_handler),  # last: any other path is proxied
+    ]
+    for method, path, handler in routes:
+        app.router.add_route(method, path, openai_errors(handler))
     return app
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -96,6 +98,27 @@ class Metrics:
             ["result"],
             registry=r,
         )
+
+        # Labelled children used on every request, looked up once (labels() is not free).
+        self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._in_flight_children: dict[str, Any] = {}
+
+    def request_finished(self, model: str, status: str, seconds: float) -> None:
+        children = self._request_children.get((model, status))
+        if children is None:
+            children = (
+                self.requests_total.labels(model=model, status=status),
+                self.request_duration.labels(model=model, status=status),
+            )
+            self._request_children[(model, status)] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def in_flight_of(self, model: str) -> Any:
+        child = self._in_flight_children.get(model)
+        if child is None:
+            child = self._in_flight_children[model] = self.in_flight.labels(model=model)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -191,7 +191,8 @@ class Multiplexer:
         return self.switchers[model.group]
 
     async def acquire(self, model: ModelConfig) -> InFlightGuard:
-        return await self.switcher_for(model).acquire(model.id)
+        switcher = self.switchers[model.group]
+        return switcher.try_admit(model.id) or await switcher.acquire(model.id)
 
     def status(self) -> dict[str, Any]:
         groups = {

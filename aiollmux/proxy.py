@@ -8,9 +8,8 @@ upstream request; a backend that fails before answering becomes a 502.
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
-from collections.abc import Iterable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
@@ -68,9 +67,15 @@ def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
     }
 
 
-def _filtered(headers: CIMultiDictProxy[str], drop: Iterable[str]) -> CIMultiDict[str]:
-    dropped = HOP_BY_HOP | _connection_tokens(headers) | set(drop)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
+# The sets of header names dropped in each direction (computed once, not per request).
+_DROP_REQUEST = HOP_BY_HOP | _SET_BY_CLIENT
+_DROP_REQUEST_AND_AUTH = _DROP_REQUEST | {"authorization"}
+
+
+def _filtered(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
+    if "Connection" in headers:  # it may name more connection-specific headers
+        drop = drop | _connection_tokens(headers)
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
 class Proxy:
@@ -100,7 +105,7 @@ class Proxy:
         *,
         drop_authorization: bool,
     ) -> web.StreamResponse:
-        drop = _SET_BY_CLIENT | ({"authorization"} if drop_authorization else set())
+        drop = _DROP_REQUEST_AND_AUTH if drop_authorization else _DROP_REQUEST
         headers = _filtered(request.headers, drop)
         url = URL(f"http://127.0.0.1:{model.port}{request.raw_path}", encoded=True)
         # Cutting closes the client's connection; with handler cancellation that also
@@ -112,7 +117,7 @@ class Proxy:
             guard.on_cut = None
         guard.on_cut = lambda: _cut(request, upstream)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(_filtered(upstream.headers, ()))
+        response.headers.extend(_filtered(upstream.headers, HOP_BY_HOP))
         try:
             await response.prepare(request)
             async for chunk in upstream.content.iter_any():
@@ -156,6 +161,8 @@ class Proxy:
     ) -> aiohttp.ClientResponse:
         for attempt in (1, 2):
             try:
+                if len(body) > _RAW_BYTES_LIMIT:  # streamed: say its length, or it is chunked
+                    headers["Content-Length"] = str(len(body))
                 return await self.session.request(
                     method, url, headers=headers, data=_payload(body), allow_redirects=False
                 )
@@ -179,10 +186,17 @@ class Proxy:
         return BackendError(f"backend of model {model.id!r} failed: {reason}")
 
 
-def _payload(body: bytes) -> bytes | io.BytesIO:
-    # aiohttp warns about sending more than 1 MiB of raw bytes at once; a BytesIO view of
-    # the same buffer (no copy) is written in chunks. A fresh one per attempt: it is consumed.
-    return io.BytesIO(body) if len(body) > _RAW_BYTES_LIMIT else body
+def _payload(body: bytes) -> bytes | AsyncIterator[memoryview]:
+    # aiohttp warns about (and, in tests, fails on) more than 1 MiB of raw bytes at once,
+    # and a BytesIO would be copied twice: slices of a memoryview copy nothing. A fresh
+    # iterator per attempt (it is consumed); the caller sets Content-Length.
+    return _slices(body) if len(body) > _RAW_BYTES_LIMIT else body
+
+
+async def _slices(body: bytes) -> AsyncIterator[memoryview]:
+    view = memoryview(body)
+    for start in range(0, len(view), _RAW_BYTES_LIMIT):
+        yield view[start : start + _RAW_BYTES_LIMIT]
 
 
 def _client_gone(request: web.Request) -> bool:

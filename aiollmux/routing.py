@@ -40,48 +40,83 @@ _NESTED_RUN = re.compile(
 @dataclass(frozen=True, slots=True)
 class ModelField:
     name: str
-    start: int  # byte span of the value as written in the body (quotes included for JSON)
+    # The byte span of the value as written in the body (quotes included for JSON); -1
+    # when not located yet: a small body's name comes from json.loads, and its span is
+    # only needed for an `upstream_model` rewrite.
+    start: int
     end: int
     json_string: bool
 
+    def located(self, body: bytes) -> ModelField:
+        if self.start >= 0:
+            return self
+        found = _scan(body, exhaustive=True)
+        assert found is not None, "located() on a body it was not found in"
+        return found
+
     def rewrite(self, body: bytes, model: str) -> bytes:
+        field = self.located(body)
         value = json.dumps(model).encode() if self.json_string else model.encode()
-        return body[: self.start] + value + body[self.end :]
+        return body[: field.start] + value + body[field.end :]
 
 
 def find_model(body: bytes, content_type: str) -> ModelField:
+    found = _find(body, content_type, walk=True)
+    assert found is not None  # a walk always decides
+    return found
+
+
+def find_model_quickly(body: bytes, content_type: str) -> ModelField | None:
+    """`find_model` without the walk of a large body: None when that walk is needed
+    (worth running off the event loop)."""
+    return _find(body, content_type, walk=False)
+
+
+def _find(body: bytes, content_type: str, *, walk: bool) -> ModelField | None:
     if _skip_space(body, 0) == len(body):
         raise ModelRequired('the request body is empty; a JSON body with "model" is required')
     mime, params = _parse_content_type(content_type)
     if mime == "multipart/form-data":
         return _find_multipart(body, params.get("boundary", ""))
-    return _find_json(body)
+    return _find_json(body, walk=walk)
 
 
 # -- JSON ---------------------------------------------------------------------------------
 
 
-def _find_json(body: bytes) -> ModelField:
+def _find_json(body: bytes, *, walk: bool = True) -> ModelField | None:
     if len(body) <= VALIDATE_LIMIT:
-        document = _parse(body)
-        if not isinstance(document, dict):
-            raise ModelRequired('the request body must be a JSON object with a "model" field')
-        if "model" not in document:
+        # Small bodies: json.loads validates and names the model (the last of duplicates).
+        return _from_document(_parse(body))
+    # Large ones: the two common layouts in O(1), else a walk that stops at the first
+    # top-level "model", leaving the rest of the prompt for the backend to validate.
+    found = _model_near_the_end(body)
+    if found is None and walk:
+        found = _scan(body, exhaustive=False)
+        if found is None:
             raise ModelRequired('the request body has no "model" field')
-    # Small bodies: walk all of it, so duplicates resolve as json.loads resolves them.
-    # Large ones: stop at the first top-level "model" (the common layout puts it
-    # first), leaving the rest of a multi-megabyte prompt for the backend to validate.
-    small = len(body) <= VALIDATE_LIMIT
-    found = (None if small else _model_near_the_end(body)) or _scan(body, exhaustive=small)
-    if found is None:
-        raise ModelRequired('the request body has no "model" field')
     return found
+
+
+def _from_document(document: object) -> ModelField:
+    if not isinstance(document, dict):
+        raise ModelRequired('the request body must be a JSON object with a "model" field')
+    if "model" not in document:
+        raise ModelRequired('the request body has no "model" field')
+    name = document["model"]
+    if not isinstance(name, str):
+        raise ModelRequired('"model" must be a string')
+    if not name:
+        raise ModelRequired('"model" must be a non-empty string')
+    return ModelField(name, -1, -1, json_string=True)
 
 
 def _parse(body: bytes) -> object:
     # JSON on the wire is UTF-8 (RFC 8259 §8.1): no UTF-16/32 guessing as json.loads(bytes) does.
+    if body.startswith(_BOM):
+        body = body[len(_BOM) :]
     try:
-        return json.loads(body.decode("utf-8-sig"))
+        return json.loads(body.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
 

@@ -212,6 +212,19 @@ class Switcher:
 
     # -- requests ----------------------------------------------------------------------
 
+    def try_admit(self, model: str) -> InFlightGuard | None:
+        """The fast path, without a coroutine: a guard if `model` is active and free."""
+        runtime = self.models.get(model)
+        if (
+            runtime is None
+            or self.active != model
+            or runtime.draining
+            or runtime.waiters
+            or self._closed
+        ):
+            return None
+        return self._admit(runtime)
+
     async def acquire(self, model: str) -> InFlightGuard:
         """Wait until `model` is active and count one request in flight on it."""
         runtime = self.models.get(model)
@@ -265,7 +278,7 @@ class Switcher:
         runtime.in_flight += 1
         runtime.guards.add(guard)
         runtime.idle.clear()
-        self.metrics.in_flight.labels(model=runtime.config.id).set(runtime.in_flight)
+        self.metrics.in_flight_of(runtime.config.id).set(runtime.in_flight)
         return guard
 
     def _release(self, guard: InFlightGuard) -> None:
@@ -275,10 +288,11 @@ class Switcher:
         runtime.guards.discard(guard)
         runtime.in_flight -= 1
         self.last_activity = self.clock()
-        self.metrics.in_flight.labels(model=guard.model).set(runtime.in_flight)
+        self.metrics.in_flight_of(guard.model).set(runtime.in_flight)
         if runtime.in_flight == 0:
             runtime.idle.set()
-            self._kick.set()
+            if self._anyone_waiting():
+                self._kick.set()  # a policy may have been waiting for this model to idle
 
     async def switch_to(
         self, model: str | None, *, unless: Callable[[], bool] | None = None
@@ -310,6 +324,9 @@ class Switcher:
         self._set_inactive(model)
         self._kick.set()
         return True
+
+    def _anyone_waiting(self) -> bool:
+        return bool(self._forced) or any(r.waiters for r in self.models.values())
 
     # -- the driver --------------------------------------------------------------------
 

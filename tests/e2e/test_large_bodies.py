@@ -9,18 +9,21 @@ import pytest
 
 from tests.support import Lab, running_daemon
 
+LAYOUTS = ["model first", "SDK order", "model in the middle"]
 
-@pytest.mark.parametrize("model_first", [True, False])
-async def test_large_prompt_is_routed_and_forwarded_byte_for_byte(
-    lab: Lab, model_first: bool
-) -> None:
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+async def test_large_prompt_is_routed_and_forwarded_byte_for_byte(lab: Lab, layout: str) -> None:
     await lab.add_backends("alpha")
     prompt = [{"role": "user", "content": '\\u00e9 "quoted" ' * 400_000}]
-    document: dict[str, object] = {"model": "alpha", "messages": prompt}
-    if not model_first:
-        document = {"messages": prompt, "model": "alpha", "stream": False}
-    body = json.dumps(document).encode()
-    assert len(body) > 5 * 1024 * 1024  # past the size scanned off the event loop
+    layouts: dict[str, dict[str, object]] = {
+        "model first": {"model": "alpha", "messages": prompt},
+        "SDK order": {"messages": prompt, "model": "alpha", "stream": False},
+        # Far from both ends: the one layout that needs a walk (run off the event loop).
+        "model in the middle": {"messages": prompt, "model": "alpha", "tools": prompt},
+    }
+    body = json.dumps(layouts[layout]).encode()
+    assert len(body) > 5 * 1024 * 1024
     async with (
         running_daemon(lab.config()) as daemon,
         daemon.client.post(f"{daemon.url}/v1/chat/completions", data=io.BytesIO(body)) as response,
