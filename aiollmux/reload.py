@@ -150,10 +150,24 @@ class Reloader:
         # The directory, not the file: editors save by rename, and a ConfigMap swaps a
         # `..data` symlink without any event naming the file itself.
         directories = {self.path.parent, self.path.resolve().parent}
-        async for _ in watchfiles.awatch(
+        changes = watchfiles.awatch(
             *sorted(directories),
             watch_filter=self._relevant,
             debounce=DEBOUNCE_MS,
             recursive=False,
-        ):
-            _ = self.trigger("a change of the file")  # nobody waits for this one
+        )
+        pending = asyncio.ensure_future(anext(changes))
+        try:
+            # The generator's first step registers the watches (synchronously); a change
+            # made before that is caught by one look at the file right after.
+            await asyncio.sleep(0)
+            _ = self.trigger("the watcher starting")
+            while True:
+                await pending
+                _ = self.trigger("a change of the file")  # nobody waits for this one
+                pending = asyncio.ensure_future(anext(changes))
+        finally:
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await pending
+            await changes.aclose()

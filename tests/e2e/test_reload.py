@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from aiollmux.config import load_config
 from tests.support import Daemon, Lab, running_daemon, wait_for
 
@@ -184,3 +186,34 @@ async def test_burst_of_writes_gives_few_reloads(lab: Lab) -> None:
         async with daemon.client.post(f"{daemon.url}/admin/reload") as response:
             final = (await response.json())["generation"]
         assert 2 <= final <= 5, final
+
+
+async def test_invalid_toml_syntax_keeps_serving(lab: Lab) -> None:
+    await lab.add_backends("alpha")
+    path = lab.tmp / "llmux.toml"
+    text = lab.config_text()
+    _write(path, text)
+    async with running_daemon(load_config(path)) as daemon:
+        _write(path, text + "\n[models.broken\n")
+        await wait_for(lambda: daemon.mux.last_reload_error is not None)
+        assert "invalid TOML" in (daemon.mux.last_reload_error or "")
+        assert daemon.mux.generation == 1
+        async with await daemon.chat("alpha") as response:
+            assert response.status == 200
+
+
+async def test_forced_polling_sees_edits(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    # For network mounts, where inotify sees nothing: watchfiles polls instead.
+    monkeypatch.setenv("WATCHFILES_FORCE_POLLING", "1")
+    await lab.add_backends("alpha", "beta")
+    path = lab.tmp / "llmux.toml"
+    text = lab.config_text()
+    first, _, _ = text.partition('[models."beta"]')
+    _write(path, first)
+    async with running_daemon(load_config(path)) as daemon:
+        _write(path, text)
+        # The poller compares modification times in whole seconds: make it a later one.
+        later = path.stat().st_mtime + 2
+        os.utime(path, (later, later))
+        await wait_for(lambda: daemon.mux.generation == 2)
+        assert _served(daemon) == ["alpha", "beta"]
