@@ -136,6 +136,14 @@ class HealthMonitor:
             return
         self.failures += 1
         self._next_check = switcher.clock() + min(self.alive_interval, RECHECK_SECS)
+        logger.warning(
+            "alive check of %r failed (%d of %d): %s",
+            model,
+            self.failures,
+            LOST_AFTER_FAILURES,
+            result.describe(),
+            extra={"event": "alive_check_failed", "model": model},
+        )
         if self.failures >= LOST_AFTER_FAILURES and switcher.mark_lost(model):
             logger.error(
                 "model %r lost: alive hook failed %d times in a row: %s",

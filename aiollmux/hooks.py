@@ -251,10 +251,12 @@ class HookRunner:
                 result.duration,
                 extra={"event": "hook_completed", **extra},
             )
-        elif result.timed_out:
-            logger.warning("%s", result.describe(), extra={"event": "hook_timeout", **extra})
         else:
-            logger.warning("%s", result.describe(), extra={"event": "hook_failed", **extra})
+            # A failing alive hook is often just an answer ("not running", at start-up);
+            # the health monitor reports what it means (`model_lost`).
+            level = logging.DEBUG if result.hook == "alive" else logging.WARNING
+            event = "hook_timeout" if result.timed_out else "hook_failed"
+            logger.log(level, "%s", result.describe(), extra={"event": event, **extra})
         if result.stdout.strip():
             logger.debug(
                 "%s hook of %r stdout: %s", result.hook, result.model, result.stdout[-2000:]

@@ -131,6 +131,8 @@ class Multiplexer:
 
         models = sorted(self.config.models.values(), key=lambda m: m.id)
         answers = await asyncio.gather(*(alive(m) for m in models))
+        if not any(answers):
+            logger.info("no model is awake at start", extra={"event": "startup_idle"})
         for group, switcher in self.switchers.items():
             awake = [m for m, ok in zip(models, answers, strict=True) if ok and m.group == group]
             if len(awake) == 1:
