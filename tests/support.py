@@ -198,6 +198,20 @@ def hook_commands(journal: Path, state_dir: Path, *, delay: float = 0.0) -> dict
     return {"wake": wake, "sleep": sleep, "alive": alive}
 
 
+def gated_wake(lab_tmp: Path, state_dir: Path, model: str) -> tuple[Path, str]:
+    """A wake hook that waits until the test creates the returned file."""
+    go = lab_tmp / "go"
+    hook = f"while [ ! -e {go} ]; do sleep 0.02; done; touch {state_dir}/{model}.awake"
+    return go, hook
+
+
+def without_model(config_text: str, model: str) -> str:
+    """The config text with one model's table cut out (tables come last, one per model)."""
+    head, _, tail = config_text.partition(f"[models.{toml_string(model)}]")
+    _, separator, rest = tail.partition("[models.")
+    return head + (separator + rest if separator else "")
+
+
 def toml_string(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from aiollmux.switcher import BACKOFF_SECS
-from tests.support import Lab, free_port, running_daemon, wait_for
+from tests.support import Lab, free_port, gated_wake, running_daemon, wait_for
 
 
 def _pid_gone(pid: int) -> bool:
@@ -69,12 +69,8 @@ async def test_hanging_wake_hook_is_killed_with_its_children(lab: Lab) -> None:
 
 async def test_request_timeout_is_504(lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
     await lab.add_backends("alpha")
-    go = lab.tmp / "go"
-    hooks = {
-        "alpha": {
-            "wake": f"while [ ! -e {go} ]; do sleep 0.02; done; touch {lab.state_dir}/alpha.awake"
-        }
-    }
+    go, wake = gated_wake(lab.tmp, lab.state_dir, "alpha")
+    hooks = {"alpha": {"wake": wake}}
     config = lab.config(hooks=hooks, policy="request_timeout_secs = 0.3\n")
     async with running_daemon(config) as daemon:
         with caplog.at_level(logging.INFO, logger="aiollmux"):
@@ -102,12 +98,8 @@ async def test_backend_port_closed_is_502(lab: Lab) -> None:
 
 async def test_queue_bound_gives_503_with_retry_after(lab: Lab) -> None:
     await lab.add_backends("alpha")
-    go = lab.tmp / "go"
-    hooks = {
-        "alpha": {
-            "wake": f"while [ ! -e {go} ]; do sleep 0.02; done; touch {lab.state_dir}/alpha.awake"
-        }
-    }
+    go, wake = gated_wake(lab.tmp, lab.state_dir, "alpha")
+    hooks = {"alpha": {"wake": wake}}
     config = lab.config(hooks=hooks, policy="max_queued_requests = 2\n")
     async with running_daemon(config) as daemon:
         switcher = daemon.mux.switchers["default"]
@@ -125,12 +117,8 @@ async def test_queue_bound_gives_503_with_retry_after(lab: Lab) -> None:
 
 async def test_client_leaving_the_queue_is_forgotten(lab: Lab) -> None:
     await lab.add_backends("alpha")
-    go = lab.tmp / "go"
-    hooks = {
-        "alpha": {
-            "wake": f"while [ ! -e {go} ]; do sleep 0.02; done; touch {lab.state_dir}/alpha.awake"
-        }
-    }
+    go, wake = gated_wake(lab.tmp, lab.state_dir, "alpha")
+    hooks = {"alpha": {"wake": wake}}
     async with running_daemon(lab.config(hooks=hooks)) as daemon:
         switcher = daemon.mux.switchers["default"]
         waiting = asyncio.create_task(daemon.chat("alpha"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.support import Lab, daemon_process, running_daemon, wait_for
+from tests.support import Lab, daemon_process, running_daemon, wait_for, without_model
 
 
 async def test_awake_model_is_adopted_without_waking(
@@ -207,9 +207,8 @@ async def test_sleep_on_shutdown(lab: Lab) -> None:
 async def test_sighup_triggers_one_reload(lab: Lab) -> None:
     await lab.add_backends("alpha", "beta")
     text = lab.config_text()
-    first, _, _ = text.partition('[models."beta"]')
     config = lab.tmp / "llmux.toml"
-    config.write_text(first)
+    config.write_text(without_model(text, "beta"))
     async with daemon_process(config) as daemon, aiohttp.ClientSession() as client:
         config.write_text(text)
         daemon.process.send_signal(signal.SIGHUP)

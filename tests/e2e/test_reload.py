@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from aiollmux.config import load_config
-from tests.support import Daemon, Lab, running_daemon, wait_for
+from tests.support import Daemon, Lab, running_daemon, wait_for, without_model
 
 
 def _served(daemon: Daemon) -> list[str]:
@@ -23,8 +23,7 @@ async def test_in_place_write_adds_a_model(lab: Lab) -> None:
     await lab.add_backends("alpha", "beta")
     path = lab.tmp / "llmux.toml"
     text = lab.config_text()
-    first, _, _ = text.partition('[models."beta"]')
-    _write(path, first)
+    _write(path, without_model(text, "beta"))
     async with running_daemon(load_config(path)) as daemon:
         assert _served(daemon) == ["alpha"]
         async with await daemon.chat("beta") as response:
@@ -68,9 +67,8 @@ async def test_configmap_symlink_swap_is_seen(lab: Lab) -> None:
     mount = lab.tmp / "configmap"
     mount.mkdir()
     text = lab.config_text()
-    first, _, _ = text.partition('[models."beta"]')
     (mount / "..2026_01").mkdir()
-    _write(mount / "..2026_01" / "llmux.toml", first)
+    _write(mount / "..2026_01" / "llmux.toml", without_model(text, "beta"))
     (mount / "..data").symlink_to("..2026_01")
     (mount / "llmux.toml").symlink_to("..data/llmux.toml")
     async with running_daemon(load_config(mount / "llmux.toml")) as daemon:
@@ -128,9 +126,7 @@ async def test_removing_the_active_model_drains_its_stream_then_sleeps_it(lab: L
     async with running_daemon(load_config(path)) as daemon:
         stream = await daemon.chat("alpha", stream=True, chunks=2, gate="g")
         await stream.content.readuntil(b"\n\n")
-        head, _, tail = text.partition('[models."beta"]')
-        without_alpha = head.split('[models."alpha"]')[0] + '[models."beta"]' + tail
-        _write(path, without_alpha)
+        _write(path, without_model(text, "alpha"))
         async with daemon.client.post(f"{daemon.url}/admin/reload") as response:
             assert (await response.json())["status"] == "applied"
         async with await daemon.chat("alpha") as response:
@@ -208,8 +204,7 @@ async def test_forced_polling_sees_edits(lab: Lab, monkeypatch: pytest.MonkeyPat
     await lab.add_backends("alpha", "beta")
     path = lab.tmp / "llmux.toml"
     text = lab.config_text()
-    first, _, _ = text.partition('[models."beta"]')
-    _write(path, first)
+    _write(path, without_model(text, "beta"))
     async with running_daemon(load_config(path)) as daemon:
         _write(path, text)
         # The poller compares modification times in whole seconds: make it a later one.
