@@ -305,3 +305,100 @@ def migrate(source: Path, output: Path | None) -> None:
         click.echo(f"error: {output} already exists; not overwriting it", err=True)
         sys.exit(1)
     click.echo(f"wrote {output}; check it with `aiollmux check -c {output}`", err=True)
+
+
+# -- simulate (DESIGN §9, docs/policies.md) -------------------------------------------
+
+
+@main.command()
+@click.option(
+    "-w",
+    "--workload",
+    type=click.Choice(["bursty", "poisson", "chat", "batch"]),
+    default="bursty",
+    show_default=True,
+    help="A synthetic workload (its knobs: --param).",
+)
+@click.option(
+    "--trace",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='Replay JSON lines {"time": s, "model": id, "service": s} instead.',
+)
+@click.option(
+    "-m",
+    "--models",
+    type=click.IntRange(1, 26),
+    default=2,
+    show_default=True,
+    help="Models of a generated workload (m1, m2, ...).",
+)
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A workload knob.")
+@click.option(
+    "--switch-cost",
+    "switch_costs",
+    multiple=True,
+    metavar="SECS|FROM:TO=SECS",
+    help="Sleep + wake seconds: for every switch, or one pair (FROM may be idle or *).",
+)
+@click.option(
+    "--policy",
+    "policies",
+    multiple=True,
+    metavar="NAME",
+    help="A policy to simulate (repeatable; default: fifo and cost-aware).",
+)
+@click.option(
+    "--set", "settings", multiple=True, metavar="KEY=VALUE", help="A [policy] knob for all."
+)
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    help="Start from this configuration's [policy] knobs.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Requests a backend serves at once (0: no limit).",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the workload.")
+@click.option(
+    "--csv",
+    "csv_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Also write the results as CSV (- : instead of the text).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Also write the results as JSON (- : instead of the text).",
+)
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Print docs/policies.md's table: fifo vs cost-aware on 3 workloads, 2 and 3"
+    " models, switch costs of 2, 10 and 60 s (with --seed, --concurrency, --set).",
+)
+def simulate(**options: Any) -> None:
+    """Replay a workload through switch policies in virtual time and compare them."""
+    from aiollmux.simulate.command import Options, UsageError, execute
+    from aiollmux.simulate.engine import SimulationError
+
+    try:
+        output = execute(Options(**options))
+    except ConfigError as error:
+        _fail_config(error)
+    except (UsageError, SimulationError) as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    for path, content in output.files.items():
+        try:
+            Path(path).write_text(content, encoding="utf-8")
+        except OSError as error:
+            click.echo(f"error: cannot write {path}: {error.strerror or error}", err=True)
+            sys.exit(1)
+    click.echo(output.stdout, nl=False)

@@ -22,7 +22,7 @@ from aiollmux.errors import ConfigError
 
 DEFAULT_PATH: Final = "llmux.toml"
 DEFAULT_GROUP: Final = "default"
-BUILTIN_POLICIES: Final = ("fifo",)
+BUILTIN_POLICIES: Final = ("fifo", "cost-aware")
 
 HookName = Literal["wake", "sleep", "alive"]
 HOOK_NAMES: Final[tuple[HookName, ...]] = ("wake", "sleep", "alive")
@@ -36,7 +36,12 @@ ROOT_KEYS: Final = (
 POLICY_KEYS: Final = (
     "name", "request_timeout_secs", "drain_before_switch", "min_active_secs",
     "drain_timeout_secs", "idle_sleep_secs", "max_queued_requests",
+    # cost-aware's knobs; accepted (and ignored) with any other policy, so that changing
+    # `name` alone switches policies, in a reload or in `aiollmux simulate`.
+    "max_wait_secs", "staleness_factor", "coalesce_ms", "linger_factor",
+    "initial_switch_cost_secs",
 )  # fmt: skip
+MAX_COALESCE_MS: Final = 10_000.0
 GROUP_KEYS: Final = ("exclusive", "persistent")
 MODEL_KEYS: Final = (
     "port", "wake", "sleep", "alive", "wake_timeout_secs", "sleep_timeout_secs",
@@ -57,6 +62,13 @@ class PolicyConfig:
     drain_timeout_secs: float = 0.0
     idle_sleep_secs: float = 0.0
     max_queued_requests: int = 0
+    # cost-aware (docs/policies.md): how long a request may wait while another model
+    # keeps the GPU: `staleness_factor` x the switch's measured cost, at most `max_wait_secs`.
+    max_wait_secs: float = 120.0
+    staleness_factor: float = 5.0
+    coalesce_ms: float = 200.0  # let a burst gather before leaving idle or a dry model
+    linger_factor: float = 0.5  # a model that just ran dry keeps the GPU this x switch cost
+    initial_switch_cost_secs: float = 10.0  # the cost assumed until a switch is measured
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -305,7 +317,18 @@ def _parse_policy(table: _Table) -> PolicyConfig:
         drain_timeout_secs=table.number("drain_timeout_secs", 0.0),
         idle_sleep_secs=table.number("idle_sleep_secs", 0.0),
         max_queued_requests=table.integer("max_queued_requests", 0, low=0, high=1_000_000),
+        max_wait_secs=table.number("max_wait_secs", 120.0, positive=True),
+        staleness_factor=table.number("staleness_factor", 5.0),
+        coalesce_ms=table.number("coalesce_ms", 200.0, maximum=MAX_COALESCE_MS),
+        linger_factor=table.number("linger_factor", 0.5),
+        initial_switch_cost_secs=table.number("initial_switch_cost_secs", 10.0),
     )
+
+
+def parse_policy(data: Mapping[str, Any], source: str) -> PolicyConfig:
+    """A `[policy]` table given as a mapping (e.g. `aiollmux simulate --set`), validated
+    exactly as in a configuration file."""
+    return _parse_policy(_Table(source, "policy", data))
 
 
 def _looks_like_import_path(name: str) -> bool:

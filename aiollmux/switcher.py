@@ -21,7 +21,7 @@ from aiollmux.cost import IDLE, SwitchCosts
 from aiollmux.errors import ModelNotFound, ModelTimeout, QueueFull, ServiceStopping, WakeFailed
 from aiollmux.hooks import HookResult, HookRunner
 from aiollmux.metrics import Metrics
-from aiollmux.policy import Policy, PolicyContext, QueueView
+from aiollmux.policy import Policy, PolicyContext, QueueView, next_ask
 
 logger = logging.getLogger(__name__)
 
@@ -365,11 +365,14 @@ class Switcher:
             self._retry_at(self.backoff_until)
             return
         decision = self.policy.decide(context)
-        if decision.action == "switch" and decision.target in self.models:
-            await self._switch(decision.target)
+        target = decision.target
+        if decision.action == "switch" and target in self.models and target != self.active:
+            await self._switch(target)
             self._kick.set()  # others may be waiting: ask again
-        elif decision.action == "defer" and decision.until is not None:
-            self._retry_at(decision.until)
+            return
+        ask_again = next_ask(decision, now, self.policy.tick_interval)
+        if ask_again is not None:
+            self._retry_at(ask_again)
 
     def _retry_at(self, when: float) -> None:
         if self._retry_handle is not None:
@@ -390,6 +393,7 @@ class Switcher:
             )
             if live and name != self.active and first < oldest and not runtime.retired:
                 target, oldest = name, first
+        active = queues.get(self.active) if self.active is not None else None
         return PolicyContext(
             now=now,
             target=target,
@@ -397,6 +401,9 @@ class Switcher:
             active_for=now - self.activated_at if self.active is not None else 0.0,
             queues=queues,
             switch_cost=self.costs.estimate,
+            active_idle_for=(
+                now - self.last_activity if active is not None and active.in_flight == 0 else 0.0
+            ),
         )
 
     async def _forced_switch(self, target: str | None) -> Exception | None:

@@ -266,6 +266,70 @@ def test_policy_import_path_is_accepted_unloaded() -> None:
     assert config.policy.name == "my_lab.policies:Cheapest"
 
 
+# -- cost-aware's knobs (docs/policies.md) -------------------------------------------------
+
+COST_AWARE_KNOBS = """[policy]
+name = "cost-aware"
+max_wait_secs = 45
+staleness_factor = 3.5
+coalesce_ms = 0
+linger_factor = 0
+initial_switch_cost_secs = 20
+"""
+
+
+def test_cost_aware_knobs() -> None:
+    policy = parse(COST_AWARE_KNOBS + LLAMA).policy
+    assert policy.name == "cost-aware"
+    assert (policy.max_wait_secs, policy.staleness_factor) == (45.0, 3.5)
+    assert (policy.coalesce_ms, policy.linger_factor, policy.initial_switch_cost_secs) == (
+        0.0,
+        0.0,
+        20.0,
+    )
+
+
+def test_cost_aware_knob_defaults() -> None:
+    policy = parse('[policy]\nname = "cost-aware"\n' + LLAMA).policy
+    assert policy == PolicyConfig(name="cost-aware")
+    assert (policy.max_wait_secs, policy.staleness_factor, policy.coalesce_ms) == (120, 5, 200)
+    assert (policy.linger_factor, policy.initial_switch_cost_secs) == (0.5, 10)
+
+
+def test_fifo_accepts_and_ignores_cost_aware_knobs() -> None:
+    # So that changing `name` alone switches policies (a reload, `aiollmux simulate`).
+    text = COST_AWARE_KNOBS.replace('"cost-aware"', '"fifo"')
+    assert parse(text + LLAMA).policy.max_wait_secs == 45.0
+
+
+COST_AWARE_ERRORS = [
+    ('max_wait_secs = "60"', "policy.max_wait_secs", "expected a number, got the string '60'"),
+    ("max_wait_secs = 0", "policy.max_wait_secs", "expected a number greater than 0, got 0"),
+    ("staleness_factor = -1", "policy.staleness_factor", "0 or more, got -1"),
+    ("staleness_factor = inf", "policy.staleness_factor", "expected a finite number"),
+    ("coalesce_ms = 10001", "policy.coalesce_ms", "expected a number of at most 10000"),
+    ("coalesce_ms = -5", "policy.coalesce_ms", "0 or more, got -5"),
+    ("linger_factor = true", "policy.linger_factor", "expected a number, got the boolean true"),
+    ("initial_switch_cost_secs = nan", "policy.initial_switch_cost_secs", "finite number"),
+    ("max_wait = 5", "policy.max_wait", "unknown key; did you mean 'max_wait_secs'?"),
+    ("staleness = 5", "policy.staleness", "did you mean 'staleness_factor'?"),
+]
+
+
+@pytest.mark.parametrize(("line", "key", "expected"), COST_AWARE_ERRORS)
+def test_cost_aware_knob_errors(line: str, key: str, expected: str) -> None:
+    assert_error(f'[policy]\nname = "cost-aware"\n{line}\n' + LLAMA, key, expected)
+
+
+def test_a_policy_table_from_a_mapping_is_validated_the_same_way() -> None:
+    from aiollmux.config import parse_policy
+
+    assert parse_policy({"name": "cost-aware", "coalesce_ms": 5}, "cli").coalesce_ms == 5.0
+    with pytest.raises(ConfigError) as info:
+        parse_policy({"max_wait_secs": 0}, "cli")
+    assert str(info.value).startswith("cli: policy.max_wait_secs: expected a number greater")
+
+
 def test_unknown_group() -> None:
     text = "[groups.gpu0]\n" + model(extra='group = "gpu1"\n')
     assert_error(

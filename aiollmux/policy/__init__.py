@@ -6,12 +6,28 @@ import importlib
 
 from aiollmux.config import PolicyConfig
 from aiollmux.errors import ConfigError
-from aiollmux.policy.base import Decision, Policy, PolicyContext, PolicyFactory, QueueView
+from aiollmux.policy.base import (
+    Decision,
+    Policy,
+    PolicyContext,
+    PolicyFactory,
+    QueueView,
+    next_ask,
+)
+from aiollmux.policy.cost_aware import CostAwarePolicy
 from aiollmux.policy.fifo import FifoPolicy
 
-BUILTINS: dict[str, PolicyFactory] = {"fifo": FifoPolicy}
+BUILTINS: dict[str, PolicyFactory] = {"fifo": FifoPolicy, "cost-aware": CostAwarePolicy}
 
-__all__ = ["BUILTINS", "Decision", "Policy", "PolicyContext", "QueueView", "load_policy"]
+__all__ = [
+    "BUILTINS",
+    "Decision",
+    "Policy",
+    "PolicyContext",
+    "QueueView",
+    "load_policy",
+    "next_ask",
+]
 
 
 def load_policy(config: PolicyConfig, source: str = "<config>") -> Policy:

@@ -1,7 +1,10 @@
 """The policy contract: a read-only context in, a decision out (DESIGN §9).
 
-The switcher asks its policy whenever a request waits for a model that is not active,
-after every switch, and, if the policy sets `tick_interval`, periodically.
+The switcher of a GPU group asks its policy while a request waits for a model that is
+not active: when such a request is queued, after every switch, when a model's in-flight
+count reaches zero, at the time a deferral named, and every `tick_interval` seconds if
+the policy sets one. docs/policies.md is the guide; `aiollmux simulate` asks the same
+questions at the same moments, in virtual time.
 """
 
 from __future__ import annotations
@@ -25,12 +28,14 @@ class QueueView:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PolicyContext:
-    now: float  # the switcher's monotonic clock
+    now: float  # the switcher's monotonic clock (virtual time in the simulator)
     target: str | None  # model of the oldest request waiting for a model that is not active
     active_model: str | None
     active_for: float  # seconds since the active model became active; 0 when idle
-    queues: Mapping[str, QueueView]
+    queues: Mapping[str, QueueView]  # every model of the group, in configuration order
     switch_cost: Callable[[str | None, str], float | None]  # EMA estimate (from, to)
+    # Seconds the active model has had nothing in flight; 0 while it has (or when idle).
+    active_idle_for: float = 0.0
 
     @property
     def active_in_flight(self) -> int:
@@ -42,6 +47,9 @@ class PolicyContext:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
+    """`switch` to a model of the group (a switch to the active model is ignored);
+    `defer` until a time or the next event; `skip` (nothing to do: wait for an event)."""
+
     action: Literal["switch", "defer", "skip"]
     target: str | None = None
     until: float | None = None  # with "defer": ask again at this time (else at the next event)
@@ -61,7 +69,11 @@ class Decision:
 
 @runtime_checkable
 class Policy(Protocol):
-    """A switch policy. Constructed as `Class(config: PolicyConfig)`."""
+    """A switch policy. Constructed as `Class(config: PolicyConfig)`.
+
+    `tick_interval`: None, or ask again every that many seconds while requests wait.
+    `decide` must be quick and must not block: it runs on the event loop.
+    """
 
     tick_interval: float | None
 
@@ -69,3 +81,12 @@ class Policy(Protocol):
 
 
 PolicyFactory = Callable[[PolicyConfig], Policy]
+
+
+def next_ask(decision: Decision, now: float, tick_interval: float | None) -> float | None:
+    """When to ask again after a decision that did not switch, if no event comes first:
+    the time a deferral named or the policy's next tick, whichever is sooner."""
+    times = [decision.until] if decision.action == "defer" and decision.until is not None else []
+    if tick_interval is not None and tick_interval > 0:
+        times.append(now + tick_interval)
+    return min(times, default=None)

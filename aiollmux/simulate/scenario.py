@@ -1,0 +1,131 @@
+"""A simulation scenario (a workload, hook costs, a backend) run through several policies,
+and the comparison table of docs/policies.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from aiollmux.config import PolicyConfig, parse_policy
+from aiollmux.simulate.costs import HookCosts
+from aiollmux.simulate.engine import simulate
+from aiollmux.simulate.report import Summary, summarize
+from aiollmux.simulate.workload import DEFAULTS, Params, Workload, generate, load_trace
+
+DEFAULT_POLICIES: Final = ("fifo", "cost-aware")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Scenario:
+    workload: str = "bursty"  # a generator's name; ignored with a trace
+    trace: Path | None = None
+    models: int = 2
+    params: Params | None = None  # None: the generator's defaults
+    hook_costs: HookCosts = field(default_factory=HookCosts)
+    concurrency: int = 0  # requests a backend serves at once; 0: no limit (a batching server)
+    seed: int = 1
+
+    def make_workload(self) -> Workload:
+        """A fresh copy (sessions are consumed by a run): the same clients every time."""
+        if self.trace is not None:
+            return load_trace(self.trace)
+        return generate(self.workload, self.models, self.workload_params, self.seed)
+
+    @property
+    def workload_params(self) -> Params:
+        return self.params if self.params is not None else DEFAULTS[self.workload]
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "workload": self.trace.name if self.trace is not None else self.workload,
+            "models": self.models if self.trace is None else None,
+            "params": None if self.trace is not None else _params(self.workload_params),
+            "switch_cost": self.hook_costs.describe(),
+            "concurrency": self.concurrency,
+            "seed": self.seed,
+        }
+
+
+def _params(params: Params) -> dict[str, float]:
+    return {name: getattr(params, name) for name in params.__dataclass_fields__}
+
+
+def policy_configs(
+    names: Iterable[str], knobs: Mapping[str, Any], source: str = "command line"
+) -> list[PolicyConfig]:
+    """One validated `[policy]` per name, all with the same knobs (`ConfigError` if bad)."""
+    return [parse_policy({**knobs, "name": name}, source) for name in names]
+
+
+def run_scenario(scenario: Scenario, policies: Sequence[PolicyConfig]) -> list[Summary]:
+    return [
+        summarize(
+            simulate(
+                scenario.make_workload(),
+                policy,
+                scenario.hook_costs,
+                concurrency=scenario.concurrency,
+            )
+        )
+        for policy in policies
+    ]
+
+
+# -- the comparison table of docs/policies.md -----------------------------------------
+
+TABLE_WORKLOADS: Final = ("bursty", "chat", "batch")
+TABLE_MODELS: Final = (2, 3)
+TABLE_COSTS: Final = (2.0, 10.0, 60.0)
+
+
+def comparison_table(
+    *,
+    seed: int = 1,
+    duration: float = 4 * 3600.0,
+    concurrency: int = 0,
+    knobs: Mapping[str, Any] | None = None,
+) -> str:
+    """fifo against cost-aware over every workload, model count and switch cost of the
+    table, as Markdown; `knobs` are `[policy]` settings for both."""
+    policies = policy_configs(DEFAULT_POLICIES, knobs or {})
+    lines = [
+        "| workload | models | switch | switches | serving / busy | wait p95 (s) "
+        "| wait max (s) | served |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for workload in TABLE_WORKLOADS:
+        params = dataclasses.replace(DEFAULTS[workload], duration=duration)
+        for models in TABLE_MODELS:
+            for cost in TABLE_COSTS:
+                scenario = Scenario(
+                    workload=workload,
+                    models=models,
+                    params=params,
+                    hook_costs=HookCosts(cost),
+                    concurrency=concurrency,
+                    seed=seed,
+                )
+                fifo, aware = run_scenario(scenario, policies)
+                lines.append(_table_row(workload, models, cost, fifo, aware))
+    return "\n".join(lines) + "\n"
+
+
+def _table_row(workload: str, models: int, cost: float, fifo: Summary, aware: Summary) -> str:
+    def pair(a: str, b: str) -> str:
+        return f"{a} → {b}"
+
+    cells = [
+        workload,
+        str(models),
+        f"{cost:g} s",
+        pair(str(fifo.switches), str(aware.switches)),
+        pair(f"{fifo.serving_share:.0%}", f"{aware.serving_share:.0%}"),
+        pair(f"{fifo.wait_p95:.0f}", f"{aware.wait_p95:.0f}"),
+        pair(f"{fifo.wait_max:.0f}", f"{aware.wait_max:.0f}"),
+        pair(str(fifo.served), str(aware.served)),
+    ]
+    return "| " + " | ".join(cells) + " |"
