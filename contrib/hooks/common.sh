@@ -1,0 +1,224 @@
+# shellcheck shell=sh
+# Shared by the hook sets in contrib/hooks/*/, sourced as `. "$(dirname "$0")/../common.sh"`
+# after setting BACKEND. POSIX sh and curl only.
+#
+# The rules every hook here follows (docs/hooks.md): wait for the real state by polling
+# with a deadline, never a fixed sleep; be idempotent; on failure print ONE line on
+# stderr (aiollmux shows it to the client whose request needed the model) and exit 1.
+#
+# Settings (environment variables, all optional):
+#   WAKE_TIMEOUT_SECS   deadline of a wake hook (570; keep it below wake_timeout_secs so the
+#                       hook reports what it was waiting for before aiollmux kills it)
+#   SLEEP_TIMEOUT_SECS  deadline of a sleep hook (110; below sleep_timeout_secs)
+#   ALIVE_TIMEOUT_SECS  deadline of an alive hook (5; below alive_timeout_secs)
+#   POLL_SECS           pause between two polls (1; fractions work with GNU/busybox sleep)
+#   REQUEST_TIMEOUT_SECS  longest single status request (10; loads and sleeps may take until
+#                       the deadline)
+#   STOP_GRACE_SECS     SIGTERM to SIGKILL, for servers the hooks started (30)
+#   AIOLLMUX_RUN_DIR    pidfiles and server logs (aiollmux-hooks-<uid> in $XDG_RUNTIME_DIR,
+#                       else in $TMPDIR or /tmp); must belong to the hooks' user
+#   BACKEND_URL         where the backend answers (http://127.0.0.1:$LLMUX_PORT, where aiollmux
+#                       sends the model's requests)
+
+NL='
+'
+
+die() {
+    printf '%s: %s\n' "${BACKEND:-hook}" "$*" >&2
+    exit 1
+}
+
+need() {
+    command -v "$1" >/dev/null 2>&1 || die "$1 not found on PATH${2:+ ($2)}"
+}
+
+need curl "install curl on this machine: the hooks use it to talk to the backend"
+[ -n "${LLMUX_PORT:-}" ] || die "LLMUX_PORT is not set: run this as an aiollmux hook (or export LLMUX_PORT and LLMUX_MODEL)"
+[ -n "${LLMUX_MODEL:-}" ] || die "LLMUX_MODEL is not set: run this as an aiollmux hook (or export LLMUX_PORT and LLMUX_MODEL)"
+case $LLMUX_PORT in *[!0-9]*) die "LLMUX_PORT is not a port number: $LLMUX_PORT" ;; esac
+
+POLL_SECS=${POLL_SECS:-1}
+STOP_GRACE_SECS=${STOP_GRACE_SECS:-30}
+REQUEST_TIMEOUT_SECS=${REQUEST_TIMEOUT_SECS:-10}
+BACKEND_URL=${BACKEND_URL:-http://127.0.0.1:$LLMUX_PORT}
+AIOLLMUX_RUN_DIR=${AIOLLMUX_RUN_DIR:-${XDG_RUNTIME_DIR:-${TMPDIR:-/tmp}}/aiollmux-hooks-$(id -u)}
+# One pidfile and one log per backend and port: ports are unique per model, ids may hold '/'.
+PIDFILE=$AIOLLMUX_RUN_DIR/$BACKEND-$LLMUX_PORT.pid
+LOGFILE=$AIOLLMUX_RUN_DIR/$BACKEND-$LLMUX_PORT.log
+
+# deadline SECONDS: every wait and request of this hook run ends by then.
+deadline() {
+    case $1 in '' | *[!0-9]*) die "timeout must be a whole number of seconds, got '$1'" ;; esac
+    TIMEOUT_SECS=$1
+    DEADLINE=$(($(date +%s) + $1))
+}
+
+seconds_left() {
+    _left=$((DEADLINE - $(date +%s)))
+    [ "$_left" -ge 1 ] || _left=1
+    echo "$_left"
+}
+
+# http METHOD PATH [JSON]: one short request (REQUEST_TIMEOUT_SECS at most);
+# http_long METHOD PATH [JSON]: one request that may take until the deadline (a load, a sleep).
+# Both set HTTP_STATUS ("000" when nothing answered) and HTTP_BODY.
+http() {
+    _max=$(seconds_left)
+    [ "$_max" -le "$REQUEST_TIMEOUT_SECS" ] || _max=$REQUEST_TIMEOUT_SECS
+    http_request "$_max" "$@"
+}
+
+http_long() {
+    http_request "$(seconds_left)" "$@"
+}
+
+http_request() {
+    _max=$1 _method=$2 _url=$BACKEND_URL$3
+    if [ $# -ge 4 ]; then
+        set -- -H 'Content-Type: application/json' --data "$4"
+    elif [ "$_method" = POST ]; then
+        set -- --data ''
+    else
+        set --
+    fi
+    _out=$(curl -s -X "$_method" --max-time "$_max" -w "${NL}%{http_code}" "$@" "$_url") || :
+    HTTP_STATUS=${_out##*"$NL"}
+    HTTP_BODY=${_out%"$NL"*}
+}
+
+# expect_ok WHAT: die unless the last request answered 200, saying what it answered.
+expect_ok() {
+    [ "$HTTP_STATUS" = 200 ] && return 0
+    [ "$HTTP_STATUS" != 000 ] || die "$1: nothing answered at $BACKEND_URL"
+    die "$1 answered HTTP $HTTP_STATUS: $(one_line "$HTTP_BODY")"
+}
+
+# answered: what the last request got, for messages.
+answered() {
+    if [ "$HTTP_STATUS" = 000 ]; then echo "nothing answers"; else echo "HTTP $HTTP_STATUS"; fi
+}
+
+one_line() {
+    printf '%s' "$1" | tr '\n\r\t' '   ' | cut -c1-300
+}
+
+# compact TEXT: JSON without blanks, so `case` patterns can match it.
+compact() {
+    printf '%s' "$1" | tr -d ' \n\r\t'
+}
+
+# json_string TEXT: TEXT as a JSON string literal.
+json_string() {
+    printf '"%s"' "$(printf '%s' "$1" | sed 's/\\/\\\\/g; s/"/\\"/g')"
+}
+
+# wait_until WHAT COMMAND [ARG...]: run COMMAND until it succeeds; die once the deadline passed.
+wait_until() {
+    _what=$1
+    shift
+    until "$@"; do
+        [ "$(date +%s)" -lt "$DEADLINE" ] || die "timed out after ${TIMEOUT_SECS}s waiting for $_what"
+        sleep "$POLL_SECS"
+    done
+}
+
+# --- servers the hooks start themselves (pidfile, own session, whole-group stop) ---
+
+read_pid() {
+    # Only a pidfile of our own: sleep signals the process group it names.
+    [ -r "$PIDFILE" ] && [ -O "$PIDFILE" ] || return 0
+    { read -r _pid <"$PIDFILE"; } 2>/dev/null || return 0
+    case $_pid in '' | *[!0-9]*) ;; *) echo "$_pid" ;; esac
+}
+
+# pid_alive PID: the process exists and is not a zombie (an exited server whose parent, the
+# hook, is gone may linger as a zombie until init reaps it; it holds no GPU memory).
+pid_alive() {
+    [ -n "$1" ] || return 1
+    if [ -r "/proc/$1/stat" ]; then
+        { read -r _stat <"/proc/$1/stat"; } 2>/dev/null || return 1
+        _state=${_stat##*) }
+        _state=${_state%% *}
+        [ "$_state" != Z ] && [ "$_state" != X ]
+    else
+        kill -s 0 "$1" 2>/dev/null
+    fi
+}
+
+# group_alive PGID: some live process is still in that process group (a server's workers hold
+# GPU memory too: vLLM's engine core, tensor-parallel ranks).
+group_alive() {
+    [ -n "$1" ] || return 1
+    [ -d /proc/self ] || {
+        kill -s 0 -- "-$1" 2>/dev/null
+        return
+    }
+    _pgid=$1
+    for _file in /proc/[0-9]*/stat; do
+        { read -r _stat <"$_file"; } 2>/dev/null || continue
+        # Fields after the command name: state ppid pgrp ... (the name may hold anything).
+        # shellcheck disable=SC2086  # splitting the fields is the point
+        set -- ${_stat##*) }
+        [ "$3" = "$_pgid" ] && [ "$1" != Z ] && [ "$1" != X ] && return 0
+    done
+    return 1
+}
+
+group_gone() {
+    ! group_alive "$1"
+}
+
+last_log_line() {
+    _line=$(tail -n 1 "$LOGFILE" 2>/dev/null)
+    one_line "${_line:-(empty)}"
+}
+
+# run_dir: create AIOLLMUX_RUN_DIR (private) if needed; refuse one that another user owns.
+run_dir() {
+    (umask 077 && mkdir -p "$AIOLLMUX_RUN_DIR") 2>/dev/null || die "cannot create AIOLLMUX_RUN_DIR $AIOLLMUX_RUN_DIR"
+    [ -O "$AIOLLMUX_RUN_DIR" ] || die "AIOLLMUX_RUN_DIR $AIOLLMUX_RUN_DIR belongs to another user"
+}
+
+# start_detached COMMAND [ARG...]: start a server in a session of its own, so that a hook
+# timeout (which kills the hook's process group) does not take it down and sleep can stop
+# its whole group; stdin closed, output appended to LOGFILE, pid in PIDFILE.
+start_detached() {
+    need setsid "util-linux"
+    run_dir
+    printf '=== %s: %s\n' "$(date)" "$*" >>"$LOGFILE" || die "cannot write $LOGFILE"
+    # A background job of a non-interactive sh is not a group leader, so setsid(1) calls
+    # setsid(2) and execs in place: $! is the server's pid and its process group id.
+    setsid "$@" >>"$LOGFILE" 2>&1 </dev/null &
+    echo "$!" >"$PIDFILE"
+}
+
+# wait_started WHAT READY_COMMAND: wait until READY_COMMAND succeeds; die at once with the last
+# log line if the server process exits meanwhile.
+wait_started() {
+    _name=$1
+    shift
+    wait_until "$_name to answer on port $LLMUX_PORT" _started_and "$@"
+}
+
+_started_and() {
+    pid_alive "$(read_pid)" || die "$_name exited while starting (last log line: $(last_log_line)); full log: $LOGFILE"
+    "$@"
+}
+
+# stop_detached WHAT: SIGTERM the process group named by PIDFILE, SIGKILL after
+# STOP_GRACE_SECS, and return only once every process of the group has exited.
+stop_detached() {
+    _pid=$(read_pid)
+    if [ -n "$_pid" ] && group_alive "$_pid"; then
+        kill -s TERM -- "-$_pid" 2>/dev/null
+        _grace_end=$(($(date +%s) + STOP_GRACE_SECS))
+        while group_alive "$_pid" && [ "$(date +%s)" -lt "$_grace_end" ] && [ "$(date +%s)" -lt "$DEADLINE" ]; do
+            sleep "$POLL_SECS"
+        done
+        if group_alive "$_pid"; then
+            kill -s KILL -- "-$_pid" 2>/dev/null
+            wait_until "$1 (process group $_pid) to exit after SIGKILL" group_gone "$_pid"
+        fi
+    fi
+    rm -f "$PIDFILE"
+}

@@ -1,0 +1,111 @@
+"""The documentation cannot drift from the code: every configuration key is documented, and
+the README links every guide."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from aiollmux import config
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+REFERENCE = DOCS / "configuration.md"
+# Filled in by the parser, not written in a file.
+INTERNAL_FIELDS = {"source", "base_dir", "id", "name"}
+# Where each table's keys are documented in configuration.md (the `## ` heading).
+SECTIONS: dict[type, tuple[str, tuple[str, ...]]] = {
+    config.Config: ("Top level", config.ROOT_KEYS),
+    config.PolicyConfig: ("`[policy]`", config.POLICY_KEYS),
+    config.ModelConfig: ("`[models.ID]`", config.MODEL_KEYS),
+    config.GroupConfig: ("`[groups.NAME]`", config.GROUP_KEYS),
+}
+# Keys of the top level that are tables with a section of their own.
+TABLES = {"policy": "`[policy]`", "models": "`[models.ID]`", "groups": "`[groups.NAME]`"}
+
+
+def sections(text: str) -> dict[str, str]:
+    """`## heading` -> the text up to the next `## ` heading."""
+    parts = re.split(r"(?m)^## (.+)$", text)
+    return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def table_keys(text: str) -> set[str]:
+    """The keys in the first column of the Markdown tables of `text`: | `key` | ..."""
+    return set(re.findall(r"(?m)^\| `([a-z_]+)` \|", text))
+
+
+def documented_keys(cls: type) -> tuple[str, set[str], set[str]]:
+    heading, accepted = SECTIONS[cls]
+    fields = {f.name for f in dataclasses.fields(cls)} - INTERNAL_FIELDS
+    keys = (fields | set(accepted)) - set(TABLES)
+    if cls is config.PolicyConfig:
+        keys.add("name")  # the policy's name is a key of [policy], not internal
+    return heading, keys, table_keys(sections(REFERENCE.read_text()).get(heading, ""))
+
+
+@pytest.mark.parametrize("cls", list(SECTIONS), ids=lambda cls: cls.__name__)
+def test_every_configuration_key_is_in_the_reference(cls: type) -> None:
+    heading, keys, documented = documented_keys(cls)
+    assert documented, f"docs/configuration.md has no table under '## {heading}'"
+    missing = sorted(keys - documented)
+    assert missing == [], f"docs/configuration.md, '## {heading}': document {missing}"
+    unknown = sorted(documented - keys)
+    assert unknown == [], f"docs/configuration.md, '## {heading}': no such key {unknown}"
+
+
+def table_rows(text: str) -> dict[str, list[str]]:
+    """key -> the cells after it, for the table rows of `text`."""
+    rows = re.findall(r"(?m)^\| `([a-z_]+)` \|(.*)\|$", text)
+    return {key: [cell.strip() for cell in rest.split("|")] for key, rest in rows}
+
+
+@pytest.mark.parametrize("cls", list(SECTIONS), ids=lambda cls: cls.__name__)
+def test_documented_defaults_are_the_real_ones(cls: type) -> None:
+    heading, _ = SECTIONS[cls]
+    rows = table_rows(sections(REFERENCE.read_text())[heading])
+    checked = 0
+    for field in dataclasses.fields(cls):
+        default = field.default
+        if field.name not in rows or default is dataclasses.MISSING or default is None:
+            continue
+        cell = rows[field.name][1]  # | `key` | type | default | meaning |
+        if isinstance(default, bool):
+            expected = f"`{str(default).lower()}`"
+        elif isinstance(default, int | float):
+            expected = f"`{default:g}`"
+        elif isinstance(default, str):
+            expected = f'`"{default}"`'
+        else:
+            continue  # tuples and tables: "[]", "none"
+        assert cell == expected, f"docs/configuration.md: {field.name} default {cell} != {expected}"
+        checked += 1
+    assert checked > 0
+
+
+def test_every_table_has_its_section() -> None:
+    found = sections(REFERENCE.read_text())
+    for key, heading in TABLES.items():
+        assert key in config.ROOT_KEYS
+        assert heading in found, f"docs/configuration.md needs a '## {heading}' section"
+
+
+def test_builtin_policies_are_named_in_the_reference() -> None:
+    policy = sections(REFERENCE.read_text())["`[policy]`"]
+    for name in config.BUILTIN_POLICIES:
+        assert f"`{name}`" in policy
+
+
+def test_the_readme_links_every_guide() -> None:
+    readme = (DOCS.parent / "README.md").read_text()
+    for guide in sorted(DOCS.glob("*.md")):
+        assert f"](docs/{guide.name})" in readme, f"README.md does not link docs/{guide.name}"
+
+
+def test_links_between_docs_resolve() -> None:
+    contrib = sorted((DOCS.parent / "contrib").rglob("*.md"))
+    for page in [DOCS.parent / "README.md", *sorted(DOCS.glob("*.md")), *contrib]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name}: broken link to {target}"
