@@ -6,6 +6,7 @@ import asyncio
 import functools
 import hmac
 import ipaddress
+import json
 import logging
 import os
 import time
@@ -28,9 +29,9 @@ from aiollmux.errors import (
 )
 from aiollmux.metrics import CONTENT_TYPE, Metrics
 from aiollmux.multiplexer import Multiplexer
-from aiollmux.proxy import Proxy
+from aiollmux.proxy import ClientGone, Proxy
 from aiollmux.reload import Reloader
-from aiollmux.routing import find_model, find_model_quickly
+from aiollmux.routing import decoded_body, find_model, find_model_quickly
 
 logger = logging.getLogger(__name__)
 
@@ -137,23 +138,37 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     started = time.monotonic()
     body = await read_body(request, config.max_request_body_bytes)
     content_type = request.headers.get("Content-Type", "")
-    field = find_model_quickly(body, content_type)
+    # The body is forwarded as sent; a compressed one is routed by a decoded copy.
+    encoding = request.headers.get("Content-Encoding")
+    plain = (
+        body if encoding is None else decoded_body(body, encoding, config.max_request_body_bytes)
+    )
+    field = find_model_quickly(plain, content_type)
     if field is None:
         # An unusual layout of a large body: walking megabytes can take a while, off the loop.
-        field = await asyncio.to_thread(find_model, body, content_type)
+        field = await asyncio.to_thread(find_model, plain, content_type)
     model = mux.resolve(field.name)
+    # A rewrite is spliced into the decoded copy, which is then sent without the header.
+    decoded = model.upstream_model is not None and plain is not body
     if model.upstream_model is not None:
-        body = field.rewrite(body, model.upstream_model)
+        body = field.rewrite(plain, model.upstream_model)
     metrics = request.app[METRICS]
     status = "499"  # the client went away before an answer (nginx's convention)
     try:
         guard = await mux.acquire(model)
         try:
             response = await request.app[PROXY].forward(
-                request, model, body, guard, drop_authorization=bool(config.api_keys)
+                request,
+                model,
+                body,
+                guard,
+                drop_authorization=bool(config.api_keys),
+                decoded=decoded,
             )
             status = str(response.status)
             return response
+        except ClientGone as gone:
+            return gone.response  # counted as 499
         finally:
             guard.release()
     except RequestError as error:
@@ -206,9 +221,11 @@ async def admin_status(request: web.Request) -> web.Response:
 async def _json_object(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
+    # Bytes, not request.json(): an unknown charset parameter would be a LookupError.
+    # json.loads detects UTF-8/16/32 and skips a UTF-8 byte order mark.
     try:
-        document = await request.json()
-    except ValueError as exc:
+        document = json.loads(await request.read())
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidJSON("the request body must be a JSON object")
@@ -230,7 +247,7 @@ async def admin_sleep(request: web.Request) -> web.Response:
     check_admin(request)
     group = (await _json_object(request)).get("group")
     mux = request.app[MULTIPLEXER]
-    if group is not None and group not in mux.switchers:
+    if group is not None and (not isinstance(group, str) or group not in mux.switchers):
         raise ModelRequired(f"unknown group {group!r}")
     targets = [mux.switchers[group]] if isinstance(group, str) else list(mux.switchers.values())
     for switcher in targets:

@@ -192,6 +192,9 @@ class _Table:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(name, f"expected a number, got {_describe(value)}")
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            # TOML integers are 64-bit; tomllib accepts more, and float() would overflow.
+            raise self.error(name, "expected a number, got an integer beyond 64 bits")
         if not math.isfinite(value):
             raise self.error(name, f"expected a finite number, got {value}")
         if positive and value <= 0:
@@ -217,6 +220,8 @@ class _Table:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(name, f"expected {expected}, got {_describe(value)}")
+        if not -(2**63) <= value < 2**63:
+            raise self.error(name, f"expected {expected}, got an integer beyond 64 bits")
         if not low <= value <= high:
             raise self.error(name, f"expected {expected}, got {value}")
         return value
@@ -274,6 +279,10 @@ def parse_config(text: str, source: str = "<string>", base_dir: Path | None = No
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, "", f"invalid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nesting level
+        raise ConfigError(source, "", "invalid TOML: nested too deeply") from None
+    except ValueError as exc:  # e.g. Python's limit on the digits of an int
         raise ConfigError(source, "", f"invalid TOML: {exc}") from None
     root = _Table(source, "", data)
     root.only(ROOT_KEYS)

@@ -78,6 +78,16 @@ def _filtered(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDi
     return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
+class ClientGone(Exception):
+    """The client went away mid-response (routine, logged at info as
+    `client_disconnected`). The handler returns `response` quietly: aiohttp's own
+    final write then meets the closed connection and says nothing."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        super().__init__("the client went away")
+        self.response = response
+
+
 class Proxy:
     def __init__(self) -> None:
         self._session: aiohttp.ClientSession | None = None
@@ -104,10 +114,15 @@ class Proxy:
         guard: InFlightGuard,
         *,
         drop_authorization: bool,
+        decoded: bool = False,
     ) -> web.StreamResponse:
+        """`decoded`: `body` is no longer the client's encoded bytes (an `upstream_model`
+        rewrite of a compressed body), so its Content-Encoding goes too."""
         drop = _DROP_REQUEST_AND_AUTH if drop_authorization else _DROP_REQUEST
+        if decoded:
+            drop = drop | {"content-encoding"}
         headers = _filtered(request.headers, drop)
-        url = URL(f"http://127.0.0.1:{model.port}{request.raw_path}", encoded=True)
+        url = URL(f"http://127.0.0.1:{model.port}{_target(request)}", encoded=True)
         # Cutting closes the client's connection; with handler cancellation that also
         # cancels a request still waiting for the backend's headers.
         guard.on_cut = lambda: _cut(request, None)
@@ -129,7 +144,7 @@ class Proxy:
                 and not guard.was_cut
             ):
                 _client_disconnected(model)
-                raise
+                raise ClientGone(response) from None
             if not guard.was_cut:  # a drain timeout is logged as drain_timeout
                 logger.warning(
                     "backend of %r failed mid-response: %s",
@@ -142,7 +157,7 @@ class Proxy:
                 request.transport.close()
         except ConnectionResetError:
             _client_disconnected(model)
-            raise
+            raise ClientGone(response) from None
         except asyncio.CancelledError:
             _client_disconnected(model)
             raise
@@ -197,6 +212,16 @@ async def _slices(body: bytes) -> AsyncIterator[memoryview]:
     view = memoryview(body)
     for start in range(0, len(view), _RAW_BYTES_LIMIT):
         yield view[start : start + _RAW_BYTES_LIMIT]
+
+
+def _target(request: web.Request) -> str:
+    """Path and query as the client sent them. An absolute-form target (RFC 9112
+    §3.2.2, `POST http://host/v1/x`) is forwarded in origin form."""
+    raw = request.raw_path
+    if raw.startswith("/"):
+        return raw
+    relative = request.rel_url.raw_path_qs
+    return relative if relative.startswith("/") else "/" + relative
 
 
 def _client_gone(request: web.Request) -> bool:

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from typing import NoReturn
 
-from aiollmux.errors import InvalidJSON, ModelRequired
+from aiollmux.errors import BodyTooLarge, InvalidJSON, ModelRequired
 
 # Bodies up to this size are fully validated with json.loads (cheap at this size);
 # larger ones are only scanned, and the backend validates the rest.
@@ -58,6 +59,43 @@ class ModelField:
         field = self.located(body)
         value = json.dumps(model).encode() if self.json_string else model.encode()
         return body[: field.start] + value + body[field.end :]
+
+
+# zlib's wbits: gzip header and trailer; zlib wrapper; raw deflate (some clients send it).
+_WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def decoded_body(body: bytes, content_encoding: str, limit: int) -> bytes:
+    """The body with its Content-Encoding undone, to find the model in; `body` itself
+    when there is nothing to undo. Decoded, it may not grow past `limit` (a small
+    compressed body can expand a thousandfold)."""
+    codings = [c.strip().lower() for c in content_encoding.split(",")]
+    for coding in reversed(codings):  # applied in the order listed: undo from the last
+        if coding in ("", "identity"):
+            continue
+        wbits = _WBITS.get(coding)
+        if wbits is None:
+            raise InvalidJSON(
+                f"request bodies with Content-Encoding {coding!r} cannot be routed: "
+                "send gzip, deflate or an unencoded body"
+            )
+        body = _inflate(body, wbits, coding, limit)
+    return body
+
+
+def _inflate(body: bytes, wbits: int, coding: str, limit: int) -> bytes:
+    attempts = (wbits, -zlib.MAX_WBITS) if coding == "deflate" else (wbits,)
+    for bits in attempts:
+        inflater = zlib.decompressobj(bits)
+        try:
+            data = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(data) > limit:
+            raise BodyTooLarge(f"the decoded request body is larger than {limit} bytes")
+        if inflater.eof and not inflater.unused_data:
+            return data
+    raise InvalidJSON(f"the request body is not valid {coding} data")
 
 
 def find_model(body: bytes, content_type: str) -> ModelField:
@@ -130,9 +168,10 @@ def _model_near_the_end(body: bytes) -> ModelField | None:
     """The common layouts besides "model" first: among the last few members, as the
     OpenAI SDKs write it (`{"messages": [...], "model": ..., "stream": true}`).
 
-    In valid JSON the bytes `"model"` are always the string "model" (a raw quote cannot
-    occur inside a string). The last such key is a top-level one exactly when walking
-    on from it, at depth 1, closes the object at the very end of the body.
+    A key begins after `{` or `,`: that rules out the bytes `"model"` ending another
+    string (`"p\\"model"`, whose first quote is escaped) and a value "model". The last
+    such key is a top-level one exactly when walking on from it, at depth 1, closes the
+    object at the very end of the body.
     """
     start = _skip_space(body, len(_BOM) if body.startswith(_BOM) else 0)
     if body[start : start + 1] != b"{" or body.startswith(b'"model"', _skip_space(body, start + 1)):
@@ -143,10 +182,22 @@ def _model_near_the_end(body: bytes) -> ModelField | None:
         if candidate == -1:
             break
         colon = _skip_space(body, candidate + len(b'"model"'))
-        if body[colon : colon + 1] == b":" and _closes_the_body(body, candidate):
+        if (
+            body[colon : colon + 1] == b":"
+            and _byte_before(body, candidate) in (b"{", b",")
+            and _closes_the_body(body, candidate)
+        ):
             return _model_value(body, _skip_space(body, colon + 1))
         end = candidate  # a value "model", or a nested key: look further back
     return None
+
+
+def _byte_before(body: bytes, index: int) -> bytes:
+    """The last byte before `index` that is not JSON whitespace (b"" at the start)."""
+    index -= 1
+    while index >= 0 and body[index] in _SPACE:
+        index -= 1
+    return body[index : index + 1] if index >= 0 else b""
 
 
 def _closes_the_body(body: bytes, position: int) -> bool:

@@ -24,16 +24,24 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORCED_EXIT_STATUS = 130
 
 
+def make_runner(app: web.Application, *, shutdown_timeout: float) -> web.AppRunner:
+    """The runner `run` serves with (the tests use it too). Handlers may be cancelled
+    when their client goes away; request bodies are read as sent (the proxy forwards
+    the original bytes, DESIGN §4); signals are ours to handle."""
+    return web.AppRunner(
+        app,
+        handler_cancellation=True,
+        auto_decompress=False,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+        handle_signals=False,
+    )
+
+
 async def serve(config: Config) -> None:
     """Serve `config` until SIGTERM/SIGINT."""
     app = build_app(config)
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=config.shutdown_timeout_secs,
-        handle_signals=False,
-    )
+    runner = make_runner(app, shutdown_timeout=config.shutdown_timeout_secs)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in _SIGNALS:

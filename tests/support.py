@@ -27,6 +27,7 @@ from aiohttp import web
 from aiollmux.app import MULTIPLEXER, build_app
 from aiollmux.config import Config, parse_config
 from aiollmux.multiplexer import Multiplexer
+from aiollmux.server import make_runner
 
 
 async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
@@ -253,7 +254,7 @@ class Daemon:
 async def running_daemon(config: Config) -> AsyncIterator[Daemon]:
     """The real aiollmux app on a real socket, with `handler_cancellation` as in `run`."""
     app = build_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5)
+    runner = make_runner(app, shutdown_timeout=5)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", config.port)
     await site.start()
