@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+import time
 from dataclasses import replace
 
 from aiohttp import web
@@ -77,7 +78,8 @@ async def serve(config: Config) -> None:
 
 
 def _reload_on_sighup(app: web.Application) -> None:
-    notify("RELOADING=1")
+    # MONOTONIC_USEC: systemd >= 253 wants it with RELOADING=1 (Type=notify-reload).
+    notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
     done = app[RELOADER].trigger("SIGHUP")
     done.add_done_callback(lambda _: notify("READY=1"))
 

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import signal
 import socket
+import time
 from pathlib import Path
 
 import aiohttp
@@ -184,6 +185,15 @@ async def test_systemd_readiness_and_stopping(lab: Lab) -> None:
         async with daemon_process(config, env={"NOTIFY_SOCKET": address}) as daemon:
             ready = await asyncio.wait_for(loop.sock_recv(listener, 1024), 10)
             assert ready == b"READY=1"
+            daemon.process.send_signal(signal.SIGHUP)
+            reloading = await asyncio.wait_for(loop.sock_recv(listener, 1024), 10)
+            state, stamp = reloading.decode().split("\n")
+            assert state == "RELOADING=1"
+            assert stamp.startswith("MONOTONIC_USEC=")
+            now = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            assert 0 < int(stamp.removeprefix("MONOTONIC_USEC=")) <= now
+            reloaded = await asyncio.wait_for(loop.sock_recv(listener, 1024), 10)
+            assert reloaded == b"READY=1"
             daemon.process.send_signal(signal.SIGTERM)
             stopping = await asyncio.wait_for(loop.sock_recv(listener, 1024), 10)
             assert stopping == b"STOPPING=1"
