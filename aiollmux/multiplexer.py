@@ -236,6 +236,11 @@ class Multiplexer:
                 "last_reload_error": self.last_reload_error,
                 "restart_required": self.restart_required,
             },
+            # For leak hunting (the soak test reads it): both settle back after traffic.
+            "runtime": {
+                "asyncio_tasks": len(asyncio.all_tasks()),
+                "hooks_running": self.hooks.running,
+            },
         }
 
 

@@ -8,8 +8,8 @@ no extra file descriptor in the daemon, no request that reached a sleeping backe
 two hooks at once, no traceback in the log.
 
 Small in CI (`AIOLLMUX_SOAK_SECONDS`, default 8); set it to 300 for a real soak, and
-`AIOLLMUX_SOAK_SEED` to vary the schedule. asyncio tasks inside the daemon are not
-counted: that would need a hook in the product; fds, children and counters are.
+`AIOLLMUX_SOAK_SEED` to vary the schedule. The daemon's asyncio tasks are counted by
+the daemon itself (`runtime` in /admin/status); fds, children and counters from outside.
 """
 
 from __future__ import annotations
@@ -76,15 +76,44 @@ def soak_hooks(lab: Lab, model: str) -> dict[str, str]:
 
 
 class CrashingBackend(FakeBackend):
-    """A FakeBackend that can crash: its open connections are cut, not finished."""
+    """A FakeBackend that can crash as a process does: every open connection is reset and
+    so is every new one, until it starts again on the same port.
+
+    The listening socket stays open across crashes: closing an asyncio server races with
+    a connection it has just accepted (that connection gets no transport and is never
+    closed, so a request on it waits for ever). While crashed, connections are reset at
+    once, which a client sees as it would see a dead process's port.
+    """
+
+    _listener: asyncio.Server | None = None
+    _handlers: Callable[[], asyncio.BaseProtocol] | None = None  # None: crashed
+    _protocols: list[asyncio.BaseProtocol]  # aiohttp's handlers take no weak references
 
     async def crash(self) -> None:
         assert self._runner is not None
-        assert self._runner.server is not None
-        for connection in self._runner.server.connections:
-            if connection.transport is not None:
-                connection.transport.abort()
-        await self.stop()
+        self._handlers = None
+        self._abort_all()
+        # A handler made just before has its connection_made queued already: once that
+        # has run, it has a transport to abort too.
+        await asyncio.sleep(0)
+        self._abort_all()
+        self._protocols = []
+        await self._runner.cleanup()
+        self._runner = None
+
+    def _abort_all(self) -> None:
+        for protocol in self._protocols:
+            transport = getattr(protocol, "transport", None)
+            if transport is not None:
+                transport.abort()
+
+    def _protocol(self) -> asyncio.BaseProtocol:
+        if self._handlers is None:
+            return _Reset()
+        protocol = self._handlers()
+        self._protocols = [p for p in self._protocols if _open(p)]
+        self._protocols.append(protocol)
+        return protocol
 
     async def start(self) -> None:
         app = web.Application()
@@ -93,12 +122,35 @@ class CrashingBackend(FakeBackend):
             app, access_log=None, handler_cancellation=True, shutdown_timeout=0
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        if self.port == 0:
-            server = site._server
-            assert isinstance(server, asyncio.Server)
-            self.port = server.sockets[0].getsockname()[1]
+        assert self._runner.server is not None
+        self._protocols = []
+        self._handlers = self._runner.server
+        if self._listener is None:
+            self._listener = await asyncio.get_running_loop().create_server(
+                self._protocol, "127.0.0.1", self.port, reuse_address=True
+            )
+            self.port = self._listener.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        self._handlers = None
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        await super().stop()
+
+
+class _Reset(asyncio.Protocol):
+    """A connection to a crashed backend: reset at once."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        transport.abort()
+
+
+def _open(protocol: asyncio.BaseProtocol) -> bool:
+    """Not yet connected, or connected and not closed."""
+    transport = getattr(protocol, "transport", None)
+    return transport is None or not transport.is_closing()
 
 
 # -- the daemon process from the outside -------------------------------------------------
@@ -151,6 +203,7 @@ class Soak:
     client: aiohttp.ClientSession
     deadline: float
     baseline_fds: int  # the daemon's open fds before the traffic
+    baseline_tasks: int  # and its asyncio tasks
     # Rises when a model's backend is stopped and again when it is back: a request that
     # saw it change (or began while it was odd, i.e. down) may fail with a 502 or a cut.
     generation: Counter[str] = field(default_factory=Counter)
@@ -277,7 +330,7 @@ async def test_soak_leaves_nothing_behind(lab: Lab) -> None:
     try:
         async with daemon_process(config, env={"AIOLLMUX_SOAK_TAG": tag}) as daemon:
             soak = await run_soak(lab, daemon, backends, rng)
-            await assert_nothing_left(lab, daemon, tag, soak.baseline_fds)
+            await assert_nothing_left(lab, daemon, tag, soak)
             daemon.process.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(daemon.process.wait(), 20) == 0
         await settle(lambda: tagged_processes(tag) == [], lambda: "hooks outlived the daemon")
@@ -306,10 +359,18 @@ async def run_soak(
 ) -> Soak:
     """The traffic, the crashes, then the wait for every request to be over."""
     baseline = open_fds(daemon.process.pid)
+    baseline_tasks = (await runtime(daemon))["asyncio_tasks"]
     connector = aiohttp.TCPConnector(limit=CLIENTS * 2)
     async with aiohttp.ClientSession(connector=connector) as client:
         deadline = asyncio.get_running_loop().time() + SOAK_SECONDS
-        soak = Soak(lab, daemon, client, deadline=deadline, baseline_fds=baseline)
+        soak = Soak(
+            lab,
+            daemon,
+            client,
+            deadline=deadline,
+            baseline_fds=baseline,
+            baseline_tasks=baseline_tasks,
+        )
         clients = [soak.client_loop(random.Random(rng.random())) for _ in range(CLIENTS)]
         killer = soak.killer_loop(random.Random(rng.random()), backends)
         await asyncio.gather(*clients, killer)
@@ -328,9 +389,10 @@ async def run_soak(
     return soak
 
 
-async def assert_nothing_left(lab: Lab, daemon: DaemonProcess, tag: str, baseline: int) -> None:
-    """No hook process (not even an orphan) and no extra fd in the daemon."""
-    pid = daemon.process.pid
+async def assert_nothing_left(lab: Lab, daemon: DaemonProcess, tag: str, soak: Soak) -> None:
+    """No hook process (not even an orphan), no extra fd and no extra asyncio task in the
+    daemon."""
+    pid, baseline = daemon.process.pid, soak.baseline_fds
     await settle(
         lambda: tagged_processes(tag) == [pid] and children(pid) == [],
         lambda: f"hook processes left: {sorted(set(tagged_processes(tag)) - {pid})}",
@@ -340,6 +402,30 @@ async def assert_nothing_left(lab: Lab, daemon: DaemonProcess, tag: str, baselin
         lambda: open_fds(pid) <= baseline + FD_MARGIN,
         lambda: f"{open_fds(pid)} fds open, {baseline} at the start: {fd_targets(pid)}",
     )
+
+    async def tasks_settled() -> bool:
+        now = await runtime(daemon)
+        return now["asyncio_tasks"] <= soak.baseline_tasks and now["hooks_running"] == 0
+
+    try:
+        await until(tasks_settled, within=10)
+    except TimeoutError:
+        raise AssertionError(
+            f"daemon tasks: {await runtime(daemon)}, {soak.baseline_tasks} at the start"
+        ) from None
+
+
+async def runtime(daemon: DaemonProcess) -> dict[str, int]:
+    """The daemon's own count of its asyncio tasks and hook processes, asked on a
+    connection of its own that closes after the answer (so it adds no idle one)."""
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with (
+        aiohttp.ClientSession(connector=connector) as client,
+        client.get(f"{daemon.url}/admin/status") as response,
+    ):
+        assert response.status == 200
+        body: dict[str, dict[str, int]] = await response.json()
+    return body["runtime"]
 
 
 async def settle(predicate: Callable[[], bool], describe: Callable[[], str]) -> None:
