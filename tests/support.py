@@ -25,9 +25,14 @@ import aiohttp
 from aiohttp import web
 
 from aiollmux.app import MULTIPLEXER, build_app
-from aiollmux.config import Config, parse_config
+from aiollmux.config import Config, ModelConfig, PolicyConfig, parse_config
+from aiollmux.cost import SwitchCosts
+from aiollmux.hooks import HookRunner
+from aiollmux.metrics import Metrics
 from aiollmux.multiplexer import Multiplexer
+from aiollmux.policy import Policy, load_policy
 from aiollmux.server import make_runner
+from aiollmux.switcher import Switcher
 
 
 async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
@@ -94,6 +99,8 @@ class FakeBackend:
     # Streaming tests hold chunk k+1 until the test has seen chunk k.
     gates: dict[str, asyncio.Event] = field(default_factory=dict)
     _runner: web.AppRunner | None = None
+    # aiohttp undoes a request's Content-Encoding by default; False keeps the bytes sent.
+    decompress_requests: bool = True
 
     @property
     def awake_file(self) -> Path:
@@ -106,7 +113,12 @@ class FakeBackend:
     async def start(self) -> None:
         app = web.Application(client_max_size=2**30)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            handler_cancellation=True,
+            auto_decompress=self.decompress_requests,
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self.port)
         await site.start()
@@ -181,6 +193,41 @@ class FakeBackend:
 
     def open_gate(self, gate: str, index: int) -> None:
         self.gates.setdefault(f"{gate}:{index}", asyncio.Event()).set()
+
+
+def two_model_switcher(
+    tmp_path: Path,
+    policy: Policy | None = None,
+    *,
+    clock: Callable[[], float] | None = None,
+    ports: tuple[int, int] = (9101, 9102),
+    **policy_options: Any,
+) -> Switcher:
+    """A Switcher over models alpha and beta whose hooks write to tmp_path/journal.log
+    (no backends: for tests of the switcher alone). Without `policy`, the one the
+    options name."""
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    hooks = hook_commands(tmp_path / "journal.log", state)
+    models = {
+        name: ModelConfig(
+            id=name, port=port, wake=hooks["wake"], sleep=hooks["sleep"], alive=hooks["alive"]
+        )
+        for name, port in zip(("alpha", "beta"), ports, strict=True)
+    }
+    config = PolicyConfig(**policy_options)
+    metrics = Metrics()
+    return Switcher(
+        group="default",
+        models=models,
+        policy_config=config,
+        policy=policy if policy is not None else load_policy(config),
+        hooks=HookRunner(metrics),
+        costs=SwitchCosts(),
+        metrics=metrics,
+        base_dir=tmp_path,
+        **({"clock": clock} if clock is not None else {}),
+    )
 
 
 def hook_commands(journal: Path, state_dir: Path, *, delay: float = 0.0) -> dict[str, str]:

@@ -9,14 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from aiollmux.config import ModelConfig, PolicyConfig
-from aiollmux.cost import SwitchCosts
-from aiollmux.hooks import HookRunner
-from aiollmux.metrics import Metrics
+from aiollmux.config import PolicyConfig
 from aiollmux.policy import Decision, Policy, PolicyContext, QueueView, load_policy, next_ask
 from aiollmux.policy.cost_aware import CostAwarePolicy
 from aiollmux.switcher import Switcher
-from tests.support import Journal, hook_commands, wait_for
+from tests.support import Journal, two_model_switcher, wait_for
 
 NOW = 1000.0
 # Spelled out, so that a change of the defaults does not silently change these tests.
@@ -245,27 +242,7 @@ def clock() -> Clock:
 
 
 def make_switcher(tmp_path: Path, policy: ScriptedPolicy, clock: Clock | None = None) -> Switcher:
-    state = tmp_path / "state"
-    state.mkdir(exist_ok=True)
-    hooks = hook_commands(tmp_path / "journal.log", state)
-    models = {
-        name: ModelConfig(
-            id=name, port=port, wake=hooks["wake"], sleep=hooks["sleep"], alive=hooks["alive"]
-        )
-        for name, port in (("alpha", 9201), ("beta", 9202))
-    }
-    metrics = Metrics()
-    return Switcher(
-        group="default",
-        models=models,
-        policy_config=PolicyConfig(),
-        policy=policy,
-        hooks=HookRunner(metrics),
-        costs=SwitchCosts(),
-        metrics=metrics,
-        base_dir=tmp_path,
-        **({"clock": clock} if clock is not None else {}),
-    )
+    return two_model_switcher(tmp_path, policy, clock=clock, ports=(9201, 9202))
 
 
 async def test_a_policy_with_a_tick_is_asked_again_while_a_request_waits(tmp_path: Path) -> None:

@@ -87,20 +87,7 @@ class RecordingBackend(FakeBackend):
     """Records each request exactly as it arrived (no decompression) and answers 200."""
 
     raw: list[RawRequest] = field(default_factory=list)
-
-    async def start(self) -> None:
-        app = web.Application(client_max_size=2**30)
-        app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, auto_decompress=False
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        if self.port == 0:
-            server = site._server
-            assert isinstance(server, asyncio.Server)
-            self.port = server.sockets[0].getsockname()[1]
+    decompress_requests: bool = False
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self._check_awake(f"{request.method} {request.raw_path} arrived")

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aiollmux.config import ModelConfig, PolicyConfig
-from aiollmux.cost import SwitchCosts
 from aiollmux.errors import ServiceStopping, WakeFailed
-from aiollmux.hooks import HookRunner
-from aiollmux.metrics import Metrics
-from aiollmux.policy import Decision, PolicyContext, load_policy
+from aiollmux.policy import Decision, PolicyContext
 from aiollmux.switcher import Switcher
-from tests.support import Journal, hook_commands, wait_for
+from tests.support import Journal, two_model_switcher, wait_for
 
 
 class RecordingPolicy:
@@ -31,28 +29,8 @@ class RecordingPolicy:
         return self.answer
 
 
-def _switcher(tmp_path: Path, policy: object | None = None, **policy_options: object) -> Switcher:
-    state = tmp_path / "state"
-    state.mkdir(exist_ok=True)
-    hooks = hook_commands(tmp_path / "journal.log", state)
-    models = {
-        name: ModelConfig(
-            id=name, port=port, wake=hooks["wake"], sleep=hooks["sleep"], alive=hooks["alive"]
-        )
-        for name, port in (("alpha", 9101), ("beta", 9102))
-    }
-    config = PolicyConfig(**policy_options)  # type: ignore[arg-type]
-    metrics = Metrics()
-    return Switcher(
-        group="default",
-        models=models,
-        policy_config=config,
-        policy=policy if policy is not None else load_policy(config),  # type: ignore[arg-type]
-        hooks=HookRunner(metrics),
-        costs=SwitchCosts(),
-        metrics=metrics,
-        base_dir=tmp_path,
-    )
+def _switcher(tmp_path: Path, policy: Any = None, **policy_options: Any) -> Switcher:
+    return two_model_switcher(tmp_path, policy, **policy_options)
 
 
 async def test_guard_handed_to_a_cancelled_request_is_given_back(tmp_path: Path) -> None:
