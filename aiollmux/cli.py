@@ -383,6 +383,12 @@ def migrate(source: Path, output: Path | None) -> None:
     help="Print docs/policies.md's table: fifo vs cost-aware on 3 workloads, 2 and 3"
     " models, switch costs of 2, 10 and 60 s (with --seed, --concurrency, --set).",
 )
+@click.option(
+    "--svg",
+    "svg_path",
+    type=click.Path(dir_okay=False),
+    help="With --compare: also draw it (wait p99 against serving share) to this SVG file.",
+)
 def simulate(**options: Any) -> None:
     """Replay a workload through switch policies in virtual time and compare them."""
     from aiollmux.simulate.command import Options, UsageError, execute

@@ -1,8 +1,9 @@
-"""The fifo vs cost-aware table of docs/policies.md, from the simulator (virtual time).
+"""The fifo vs cost-aware table and chart of docs/policies.md, from the simulator.
 
     python benchmarks/policy_table.py            # print the table (a few seconds)
-    python benchmarks/policy_table.py --write    # put it into docs/policies.md
-    python benchmarks/policy_table.py --check    # exit 1 if docs/policies.md is stale
+    python benchmarks/policy_table.py --write    # put it into docs/policies.md, and
+                                                 # the chart into docs/policies-chart.svg
+    python benchmarks/policy_table.py --check    # exit 1 if either is stale
 
 The same table as `aiollmux simulate --compare`: three workloads, two and three models,
 switch costs of 2, 10 and 60 s, four virtual hours each, seed 1, default knobs.
@@ -14,9 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from aiollmux.simulate.scenario import comparison_table
+from aiollmux.simulate.chart import comparison_chart
+from aiollmux.simulate.scenario import comparison_runs, comparison_table
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "policies.md"
+CHART = DOC.with_name("policies-chart.svg")
 START = "<!-- policy-table:start (benchmarks/policy_table.py --write) -->\n"
 END = "<!-- policy-table:end -->\n"
 
@@ -36,18 +39,26 @@ def main(argv: list[str] | None = None) -> int:
     action.add_argument("--write", action="store_true", help=f"update {DOC.name}")
     action.add_argument("--check", action="store_true", help=f"fail if {DOC.name} is stale")
     args = parser.parse_args(argv)
-    table = comparison_table()
+    runs = comparison_runs()
+    table = comparison_table(runs)
     if not (args.write or args.check):
         sys.stdout.write(table)
         return 0
     document = DOC.read_text(encoding="utf-8")
     updated = splice(document, table)
+    chart = comparison_chart(runs)
     if args.check:
-        if updated != document:
-            print(f"{DOC} is stale: run python benchmarks/policy_table.py --write", file=sys.stderr)
-            return 1
-        return 0
+        old_chart = CHART.read_text(encoding="utf-8") if CHART.exists() else ""
+        stale = [
+            p for p, fresh in ((DOC, updated == document), (CHART, chart == old_chart)) if not fresh
+        ]
+        for path in stale:
+            print(
+                f"{path} is stale: run python benchmarks/policy_table.py --write", file=sys.stderr
+            )
+        return 1 if stale else 0
     DOC.write_text(updated, encoding="utf-8")
+    CHART.write_text(chart, encoding="utf-8")
     print(f"wrote the table into {DOC}", file=sys.stderr)
     return 0
 

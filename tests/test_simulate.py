@@ -11,6 +11,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from click.testing import CliRunner
@@ -530,6 +531,30 @@ def test_simulate_compare_prints_the_table() -> None:
     assert lines[0].startswith("| workload | models | switch | switches |")
     assert len(lines) == 2 + 3 * 2 * 3
     assert lines[2].startswith("| bursty | 2 | 2 s | ")
+
+
+def test_simulate_compare_draws_the_chart(tmp_path: Path) -> None:
+    chart = tmp_path / "chart.svg"
+    code, out, _ = invoke("--compare", "--param", "duration=300", "--svg", str(chart))
+    assert code == 0
+    assert out.startswith("| workload |")  # the table still goes to stdout
+    svg = ElementTree.parse(chart).getroot()
+    assert svg.tag == "{http://www.w3.org/2000/svg}svg"
+    scenarios = svg.findall(".//{http://www.w3.org/2000/svg}g")
+    assert len(scenarios) == 3 * 2 * 3
+    title = scenarios[0].findtext("{http://www.w3.org/2000/svg}title")
+    assert title is not None
+    assert title.startswith("bursty, 2 models, 2 s switches: serving ")
+    for scenario in scenarios:  # fifo hollow, cost-aware filled
+        fifo, aware = scenario.findall("{http://www.w3.org/2000/svg}circle")
+        assert fifo.get("fill") == "white"
+        assert aware.get("fill") == fifo.get("stroke")
+
+
+def test_simulate_svg_needs_compare(tmp_path: Path) -> None:
+    code, _, err = invoke("--svg", str(tmp_path / "chart.svg"))
+    assert (code, err) == (2, "error: --svg draws the comparison: use it with --compare\n")
+    assert not (tmp_path / "chart.svg").exists()
 
 
 def test_the_table_in_docs_is_the_one_the_simulator_prints() -> None:

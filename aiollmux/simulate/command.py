@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from aiollmux.config import load_config
+from aiollmux.simulate.chart import comparison_chart
 from aiollmux.simulate.costs import CostSpecError, parse_hook_costs
 from aiollmux.simulate.report import Summary, render_csv, render_json, render_text
 from aiollmux.simulate.scenario import (
     DEFAULT_POLICIES,
     Scenario,
+    comparison_runs,
     comparison_table,
     policy_configs,
     run_scenario,
@@ -46,6 +48,7 @@ class Options:
     csv_path: str | None = None
     json_path: str | None = None
     compare: bool = False
+    svg_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,9 @@ class Output:
 def execute(options: Options) -> Output:
     knobs = _knobs(options)
     if options.compare:
-        return Output(_compare(options, knobs), {})
+        return _compare(options, knobs)
+    if options.svg_path is not None:
+        raise UsageError("--svg draws the comparison: use it with --compare")
     scenario = _scenario(options)
     policies = policy_configs(options.policies or DEFAULT_POLICIES, knobs)
     try:
@@ -67,7 +72,7 @@ def execute(options: Options) -> Output:
     return _render(options, scenario, summaries)
 
 
-def _compare(options: Options, knobs: dict[str, Any]) -> str:
+def _compare(options: Options, knobs: dict[str, Any]) -> Output:
     settings = dict(_key_value(p, "--param") for p in options.params)
     if set(settings) - {"duration"}:
         raise UsageError("--compare runs its own workloads; only --param duration=S applies")
@@ -75,9 +80,11 @@ def _compare(options: Options, knobs: dict[str, Any]) -> str:
         duration = parse_params(settings).duration
     except WorkloadError as error:
         raise UsageError(str(error)) from None
-    return comparison_table(
+    runs = comparison_runs(
         seed=options.seed, duration=duration, concurrency=options.concurrency, knobs=knobs
     )
+    files = {options.svg_path: comparison_chart(runs)} if options.svg_path else {}
+    return Output(comparison_table(runs), files)
 
 
 def _knobs(options: Options) -> dict[str, Any]:

@@ -82,21 +82,28 @@ TABLE_MODELS: Final = (2, 3)
 TABLE_COSTS: Final = (2.0, 10.0, 60.0)
 
 
-def comparison_table(
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """One scenario of the comparison: fifo's numbers and cost-aware's."""
+
+    workload: str
+    models: int
+    switch_cost: float
+    fifo: Summary
+    aware: Summary
+
+
+def comparison_runs(
     *,
     seed: int = 1,
     duration: float = 4 * 3600.0,
     concurrency: int = 0,
     knobs: Mapping[str, Any] | None = None,
-) -> str:
+) -> list[Comparison]:
     """fifo against cost-aware over every workload, model count and switch cost of the
-    table, as Markdown; `knobs` are `[policy]` settings for both."""
+    table; `knobs` are `[policy]` settings for both."""
     policies = policy_configs(DEFAULT_POLICIES, knobs or {})
-    lines = [
-        "| workload | models | switch | switches | serving / busy | wait p95 (s) "
-        "| wait max (s) | served |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
+    runs = []
     for workload in TABLE_WORKLOADS:
         params = dataclasses.replace(DEFAULTS[workload], duration=duration)
         for models in TABLE_MODELS:
@@ -110,18 +117,30 @@ def comparison_table(
                     seed=seed,
                 )
                 fifo, aware = run_scenario(scenario, policies)
-                lines.append(_table_row(workload, models, cost, fifo, aware))
+                runs.append(Comparison(workload, models, cost, fifo, aware))
+    return runs
+
+
+def comparison_table(runs: Sequence[Comparison]) -> str:
+    """The runs as docs/policies.md's Markdown table."""
+    lines = [
+        "| workload | models | switch | switches | serving / busy | wait p95 (s) "
+        "| wait max (s) | served |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    lines.extend(_table_row(run) for run in runs)
     return "\n".join(lines) + "\n"
 
 
-def _table_row(workload: str, models: int, cost: float, fifo: Summary, aware: Summary) -> str:
+def _table_row(run: Comparison) -> str:
     def pair(a: str, b: str) -> str:
         return f"{a} → {b}"
 
+    fifo, aware = run.fifo, run.aware
     cells = [
-        workload,
-        str(models),
-        f"{cost:g} s",
+        run.workload,
+        str(run.models),
+        f"{run.switch_cost:g} s",
         pair(str(fifo.switches), str(aware.switches)),
         pair(f"{fifo.serving_share:.0%}", f"{aware.serving_share:.0%}"),
         pair(f"{fifo.wait_p95:.0f}", f"{aware.wait_p95:.0f}"),
