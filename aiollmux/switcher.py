@@ -26,6 +26,7 @@ from aiollmux.policy import Policy, PolicyContext, QueueView, next_ask
 logger = logging.getLogger(__name__)
 
 BACKOFF_SECS = 2.0
+MIN_RETRY_SECS = 0.01  # the soonest a policy's deferral is honoured
 
 ModelStatus = Literal["active", "asleep", "waking", "sleeping", "draining"]
 
@@ -287,7 +288,8 @@ class Switcher:
             return
         runtime.guards.discard(guard)
         runtime.in_flight -= 1
-        self.last_activity = self.clock()
+        if guard.model == self.active:  # not a late answer of a model switched away from
+            self.last_activity = self.clock()
         self.metrics.in_flight_of(guard.model).set(runtime.in_flight)
         if runtime.in_flight == 0:
             runtime.idle.set()
@@ -340,6 +342,8 @@ class Switcher:
                 raise
             except Exception:
                 logger.exception("switcher of group %r failed; continuing", self.group)
+                # Requests may still wait (a policy that raised, say): ask again later.
+                self._retry_at(self.clock() + BACKOFF_SECS)
 
     async def _step(self) -> None:
         while self._forced:
@@ -366,13 +370,19 @@ class Switcher:
             return
         decision = self.policy.decide(context)
         target = decision.target
-        if decision.action == "switch" and target in self.models and target != self.active:
+        if (
+            decision.action == "switch"
+            and target in self.models
+            and target != self.active
+            and not self.models[target].retired
+        ):
             await self._switch(target)
             self._kick.set()  # others may be waiting: ask again
             return
         ask_again = next_ask(decision, now, self.policy.tick_interval)
         if ask_again is not None:
-            self._retry_at(ask_again)
+            # A deferral to now (or the past) would spin the loop: ask a little later.
+            self._retry_at(max(ask_again, now + MIN_RETRY_SECS))
 
     def _retry_at(self, when: float) -> None:
         if self._retry_handle is not None:
@@ -427,6 +437,10 @@ class Switcher:
                 await self._put_to_sleep(source, None)
             finally:
                 self.switching = None
+                # Called from outside the driver too (another group's exclusive switch):
+                # requests that queued meanwhile were not a target then; they are now.
+                if self._anyone_waiting():
+                    self._kick.set()
 
     # -- switching ---------------------------------------------------------------------
 

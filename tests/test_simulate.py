@@ -570,3 +570,13 @@ def test_the_table_in_docs_is_the_one_the_simulator_prints() -> None:
         env=env,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_requests_arriving_together_are_weighed_together() -> None:
+    # The daemon's driver answers all the kicks of one event-loop iteration with one
+    # ask, so cost-aware sees three beta requests beside one alpha request and wakes
+    # beta first. Asked once per arrival, it would wake alpha.
+    aware = PolicyConfig(name="cost-aware", coalesce_ms=0.0, linger_factor=0.0)
+    workload = trace((0, "alpha", 1), (0, "beta", 1), (0, "beta", 1), (0, "beta", 1))
+    result = run(workload, aware, cost=1.0)
+    assert [s.target for s in result.switches] == ["beta", "alpha"]

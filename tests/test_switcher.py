@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 from aiollmux.config import ModelConfig, PolicyConfig
 from aiollmux.errors import ServiceStopping, WakeFailed
 from aiollmux.policy import Decision, PolicyContext
-from aiollmux.switcher import Switcher
+from aiollmux.switcher import MIN_RETRY_SECS, Switcher
 from tests.support import Journal, two_model_switcher, wait_for
 
 
@@ -157,3 +158,87 @@ async def test_model_status_names(tmp_path: Path) -> None:
     assert switcher.model_status("beta") == "waking"
     switcher.hook_running = ("alpha", "sleep")
     assert switcher.model_status("alpha") == "sleeping"
+
+
+@pytest.mark.parametrize("policy", ["fifo", "cost-aware"])
+async def test_request_queued_while_another_group_takes_the_gpu_is_served(
+    tmp_path: Path, policy: str
+) -> None:
+    # An exclusive switch elsewhere calls yield_gpu from outside this switcher's driver;
+    # a request that queued for the draining model was no target then. Once the model is
+    # asleep it is, and nothing else would wake the driver.
+    switcher = _switcher(tmp_path, name=policy, coalesce_ms=0)
+    switcher.adopt("alpha")
+    switcher.start()
+    try:
+        working = await switcher.acquire("alpha")
+        yielding = asyncio.create_task(switcher.yield_gpu())
+        await wait_for(lambda: switcher.model_status("alpha") == "draining")
+        waiting = asyncio.create_task(switcher.acquire("alpha"))
+        await wait_for(lambda: switcher.queued("alpha") == 1)
+        working.release()
+        await yielding
+        guard = await asyncio.wait_for(waiting, 10)  # woken again, not left waiting
+        assert guard.model == "alpha"
+        assert switcher.active == "alpha"
+        guard.release()
+    finally:
+        await switcher.close()
+
+
+class DeferToThePast:
+    """Always defers to a time already gone."""
+
+    tick_interval: float | None = None
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+
+    def decide(self, context: PolicyContext) -> Decision:
+        self.asked.append(context.now)
+        return Decision.defer(until=context.now - 1.0)
+
+
+async def test_a_deferral_to_the_past_does_not_spin(tmp_path: Path) -> None:
+    policy = DeferToThePast()
+    switcher = _switcher(tmp_path, policy)
+    switcher.start()
+    try:
+        task = asyncio.create_task(switcher.acquire("alpha"))
+        await wait_for(lambda: len(policy.asked) >= 4)
+        task.cancel()
+        gaps = [later - earlier for earlier, later in itertools.pairwise(policy.asked)]
+        assert min(gaps) >= MIN_RETRY_SECS * 0.99  # asked again, but not at once
+    finally:
+        await switcher.close()
+
+
+class FailsOnce:
+    """Raises on its first question, then switches as fifo does."""
+
+    tick_interval: float | None = None
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def decide(self, context: PolicyContext) -> Decision:
+        self.calls += 1
+        if self.calls == 1:
+            raise RuntimeError("a bug in a user policy")
+        return Decision.switch(context.target) if context.target else Decision.skip()
+
+
+async def test_a_policy_that_raises_is_asked_again_after_the_back_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("aiollmux.switcher.BACKOFF_SECS", 0.05)
+    policy = FailsOnce()
+    switcher = _switcher(tmp_path, policy)
+    switcher.start()
+    try:
+        guard = await asyncio.wait_for(switcher.acquire("alpha"), 10)
+        assert (guard.model, policy.calls) == ("alpha", 2)
+        guard.release()
+        assert "a bug in a user policy" in caplog.text
+    finally:
+        await switcher.close()

@@ -136,6 +136,7 @@ class Simulation:
         self._retry: _Timer | None = None
         self._last_arrival = 0.0
         self._asks_now = (0.0, 0)
+        self._kicked = False
 
     # -- the event loop ------------------------------------------------------------------
 
@@ -202,7 +203,7 @@ class Simulation:
         timeout = self.config.request_timeout_secs
         if timeout is not None:
             request.timer = self._at(self.now + timeout, lambda: self._time_out(backend, request))
-        self._step()
+        self._kick()
 
     def _admit(self, backend: _Backend, request: Request) -> None:
         if request.timer is not None:
@@ -265,9 +266,21 @@ class Simulation:
                 switch.drain_timer.cancel()
             self._run_hooks()
         if any(other.waiters for other in self.models.values()):
-            self._step()
+            self._kick()
 
     # -- the driver (Switcher._step and _context) ---------------------------------------
+
+    def _kick(self) -> None:
+        """Switcher._kick: the driver answers every kick of one event-loop iteration with
+        one ask, so requests arriving together are weighed together. Here: one ask after
+        every event already queued for this instant."""
+        if not self._kicked:
+            self._kicked = True
+            self._at(self.now, self._kicked_step)
+
+    def _kicked_step(self) -> None:
+        self._kicked = False
+        self._step()
 
     def _step(self) -> None:
         if self.switching is not None:
@@ -287,7 +300,7 @@ class Simulation:
         if ask_again is not None:
             if self._retry is not None:
                 self._retry.cancel()
-            self._retry = self._at(ask_again, self._step)
+            self._retry = self._at(ask_again, self._kick)
 
     def _count_ask(self) -> None:
         self.asks += 1
@@ -392,7 +405,7 @@ class Simulation:
         self.active = switch.target
         self.activated_at = self.last_activity = self.now
         self._release_waiters(self.models[switch.target])
-        self._step()  # others may be waiting: ask again
+        self._kick()  # others may be waiting: ask again
 
 
 def simulate(

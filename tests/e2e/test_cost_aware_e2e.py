@@ -88,7 +88,17 @@ async def test_a_busy_model_is_left_once_a_waiting_request_is_stale(lab: Lab) ->
         stream.close()
         assert await beta == (200, "beta")
         assert _wakes(lab) == ["alpha", "beta"]
+        # It waited for the bound first (fifo would have left alpha at once): a lower
+        # bound on the wait the daemon measured, which no slow machine can break.
+        waited = _sample(await daemon.metrics(), "llmux_request_queue_wait_seconds_sum", "beta")
+        assert waited >= 0.3
     assert lab.violations() == []
+
+
+def _sample(metrics: str, name: str, model: str) -> float:
+    prefix = f'{name}{{model="{model}"}} '
+    [line] = [line for line in metrics.splitlines() if line.startswith(prefix)]
+    return float(line.removeprefix(prefix))
 
 
 async def test_cost_aware_serves_concurrent_bursts_for_two_models(lab: Lab) -> None:
