@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from aiollmux import __version__
-from aiollmux.config import DEFAULT_PATH, Config, hook_warnings, load_config
+from aiollmux.config import DEFAULT_PATH, Config, config_warnings, load_config
 from aiollmux.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ def check(config_path: str) -> None:
         aliases = f" (aliases: {', '.join(model.aliases)})" if model.aliases else ""
         group = f" [group {model.group}]" if model.group != "default" else ""
         click.echo(f"  model {model.id}: port {model.port}{group}{aliases}")
-    for warning in hook_warnings(config):
+    for warning in config_warnings(config):
         click.echo(f"warning: {warning}", err=True)
 
 

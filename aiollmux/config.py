@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import logging
 import math
 import os
 import shlex
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 from aiollmux.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PATH: Final = "llmux.toml"
 DEFAULT_GROUP: Final = "default"
@@ -453,6 +456,27 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     except OSError as exc:
         raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
     return parse_config(text, source, base_dir=file.resolve().parent)
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but probably not meant: missing hook scripts, and a request timeout
+    shorter than the wait cost-aware may impose (its requests would time out first)."""
+    warnings = hook_warnings(config)
+    policy = config.policy
+    timeout = policy.request_timeout_secs
+    if policy.name == "cost-aware" and timeout is not None and timeout < policy.max_wait_secs:
+        warnings.append(
+            f"{config.source}: policy.request_timeout_secs: {timeout:g} s is shorter than "
+            f"max_wait_secs ({policy.max_wait_secs:g} s): requests may time out (504) while "
+            "cost-aware keeps another model on the GPU"
+        )
+    return warnings
+
+
+def log_config_warnings(config: Config) -> None:
+    """`config_warnings` in the daemon's log (at start and after each reload)."""
+    for warning in config_warnings(config):
+        logger.warning("%s", warning, extra={"event": "config_warning"})
 
 
 def hook_warnings(config: Config) -> list[str]:

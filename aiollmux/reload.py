@@ -17,7 +17,7 @@ from typing import Literal
 
 import watchfiles
 
-from aiollmux.config import Config, load_config
+from aiollmux.config import Config, load_config, log_config_warnings
 from aiollmux.errors import ConfigError
 from aiollmux.multiplexer import Multiplexer
 from aiollmux.policy import load_policy
@@ -124,6 +124,7 @@ class Reloader:
             ", ".join(removed) or "none",
             extra={"event": "config_reloaded", "generation": mux.generation},
         )
+        log_config_warnings(config)
         if mux.restart_required:
             logger.warning(
                 "host/port changed in %s: restart aiollmux to listen there",

@@ -16,7 +16,7 @@ from dataclasses import replace
 from aiohttp import web
 
 from aiollmux.app import MULTIPLEXER, RELOADER, build_app
-from aiollmux.config import Config
+from aiollmux.config import Config, log_config_warnings
 from aiollmux.systemd import notify
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ async def serve(config: Config) -> None:
             models,
             extra={"event": "listening", "host": config.host, "port": config.port},
         )
+        log_config_warnings(app[MULTIPLEXER].config)
         loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, app)
         notify("READY=1")
         await stop.wait()

@@ -152,6 +152,23 @@ def test_check_warns_about_a_missing_hook_script(tmp_path: Path) -> None:
     )
 
 
+def test_check_warns_about_a_request_timeout_shorter_than_the_policy_wait(
+    tmp_path: Path,
+) -> None:
+    model = '[models.m]\nport = 8001\nwake = "true"\nsleep = "true"\nalive = "true"\n'
+    policy = '[policy]\nname = "cost-aware"\nrequest_timeout_secs = 60\nmax_wait_secs = 120\n'
+    config = write(tmp_path / "llmux.toml", policy + model)
+    result = invoke("check", "-c", str(config))
+    assert result.exit_code == 0
+    assert result.stderr == (
+        f"warning: {config}: policy.request_timeout_secs: 60 s is shorter than max_wait_secs"
+        " (120 s): requests may time out (504) while cost-aware keeps another model on the"
+        " GPU\n"
+    )
+    fifo = write(tmp_path / "fifo.toml", policy.replace("cost-aware", "fifo") + model)
+    assert invoke("check", "-c", str(fifo)).stderr == ""  # fifo does not wait
+
+
 # -- init and the default config ------------------------------------------------------------
 
 

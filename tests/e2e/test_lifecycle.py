@@ -234,3 +234,14 @@ async def test_sighup_triggers_one_reload(lab: Lab) -> None:
             assert response.status == 200
         daemon.process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(daemon.process.wait(), 20) == 0
+
+
+async def test_config_warnings_are_logged_at_start(lab: Lab) -> None:
+    await lab.add_backends("alpha")
+    policy = 'name = "cost-aware"\nrequest_timeout_secs = 5\nmax_wait_secs = 60\n'
+    config = _write_config(lab, policy=policy)
+    async with daemon_process(config) as daemon:
+        await wait_for(lambda: "config_warning" in daemon.event_names())
+        [warning] = [e for e in daemon.events() if e.get("event") == "config_warning"]
+        assert warning["level"] == "warning"
+        assert "policy.request_timeout_secs: 5 s is shorter than" in warning["message"]
