@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from aiollmux.config import Config
+from aiollmux.config import Config, ModelConfig
 from aiollmux.errors import (
     BackendError,
     BodyTooLarge,
@@ -131,27 +131,36 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def _route(
+    request: web.Request, mux: Multiplexer, body: bytes
+) -> tuple[ModelConfig, bytes, bool]:
+    """The model a request names, the body to forward, and whether that body is a
+    decoded copy (an `upstream_model` rewrite of a compressed body: sent without its
+    Content-Encoding). Otherwise the body is forwarded exactly as it came."""
+    content_type = request.headers.get("Content-Type", "")
+    plain = body
+    if "Content-Encoding" in request.headers and body:
+        encoding = ", ".join(request.headers.getall("Content-Encoding"))
+        # Inflating megabytes is CPU work: off the loop, like the walk below.
+        limit = mux.config.max_request_body_bytes
+        plain = await asyncio.to_thread(decoded_body, body, encoding, limit)
+    field = find_model_quickly(plain, content_type)
+    if field is None:
+        # An unusual layout of a large body: walking megabytes can take a while, off the loop.
+        field = await asyncio.to_thread(find_model, plain, content_type)
+    model = mux.resolve(field.name)
+    if model.upstream_model is None:
+        return model, body, False
+    return model, field.rewrite(plain, model.upstream_model), plain is not body
+
+
 async def proxy_handler(request: web.Request) -> web.StreamResponse:
     mux = request.app[MULTIPLEXER]
     config = mux.config
     check_api_key(request)
     started = time.monotonic()
     body = await read_body(request, config.max_request_body_bytes)
-    content_type = request.headers.get("Content-Type", "")
-    # The body is forwarded as sent; a compressed one is routed by a decoded copy.
-    encoding = request.headers.get("Content-Encoding")
-    plain = (
-        body if encoding is None else decoded_body(body, encoding, config.max_request_body_bytes)
-    )
-    field = find_model_quickly(plain, content_type)
-    if field is None:
-        # An unusual layout of a large body: walking megabytes can take a while, off the loop.
-        field = await asyncio.to_thread(find_model, plain, content_type)
-    model = mux.resolve(field.name)
-    # A rewrite is spliced into the decoded copy, which is then sent without the header.
-    decoded = model.upstream_model is not None and plain is not body
-    if model.upstream_model is not None:
-        body = field.rewrite(plain, model.upstream_model)
+    model, body, decoded = await _route(request, mux, body)
     metrics = request.app[METRICS]
     status = "499"  # the client went away before an answer (nginx's convention)
     try:

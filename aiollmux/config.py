@@ -265,6 +265,8 @@ def _describe(value: object) -> str:
     if isinstance(value, str):
         return f"the string {value!r}"
     if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:  # str() of a huge one may even raise
+            return "an integer beyond 64 bits"
         return f"the whole number {value}"
     if isinstance(value, float):
         return f"the number {value}"

@@ -218,10 +218,9 @@ def _target(request: web.Request) -> str:
     """Path and query as the client sent them. An absolute-form target (RFC 9112
     §3.2.2, `POST http://host/v1/x`) is forwarded in origin form."""
     raw = request.raw_path
-    if raw.startswith("/"):
-        return raw
-    relative = request.rel_url.raw_path_qs
-    return relative if relative.startswith("/") else "/" + relative
+    # (Targets without a path, `*` and `host:port`, never reach a handler: aiohttp's
+    # router answers them 404.)
+    return raw if raw.startswith("/") else request.rel_url.raw_path_qs
 
 
 def _client_gone(request: web.Request) -> bool:

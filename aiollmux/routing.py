@@ -63,16 +63,23 @@ class ModelField:
 
 # zlib's wbits: gzip header and trailer; zlib wrapper; raw deflate (some clients send it).
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+# Layers of encoding undone at the most: each may expand to the body limit, and nobody
+# compresses twice on purpose (urllib3 stops at 5 for responses).
+MAX_CODINGS = 2
 
 
 def decoded_body(body: bytes, content_encoding: str, limit: int) -> bytes:
     """The body with its Content-Encoding undone, to find the model in; `body` itself
     when there is nothing to undo. Decoded, it may not grow past `limit` (a small
-    compressed body can expand a thousandfold)."""
+    compressed body can expand a thousandfold). CPU-bound: run it off the event loop."""
     codings = [c.strip().lower() for c in content_encoding.split(",")]
+    codings = [c for c in codings if c not in ("", "identity")]
+    if len(codings) > MAX_CODINGS:
+        raise InvalidJSON(
+            f"the request body has {len(codings)} layers of Content-Encoding;"
+            f" at most {MAX_CODINGS} are undone"
+        )
     for coding in reversed(codings):  # applied in the order listed: undo from the last
-        if coding in ("", "identity"):
-            continue
         wbits = _WBITS.get(coding)
         if wbits is None:
             raise InvalidJSON(
@@ -86,16 +93,32 @@ def decoded_body(body: bytes, content_encoding: str, limit: int) -> bytes:
 def _inflate(body: bytes, wbits: int, coding: str, limit: int) -> bytes:
     attempts = (wbits, -zlib.MAX_WBITS) if coding == "deflate" else (wbits,)
     for bits in attempts:
-        inflater = zlib.decompressobj(bits)
         try:
-            data = inflater.decompress(body, limit + 1)
+            return _inflate_members(body, bits, limit)
         except zlib.error:
             continue
-        if len(data) > limit:
-            raise BodyTooLarge(f"the decoded request body is larger than {limit} bytes")
-        if inflater.eof and not inflater.unused_data:
-            return data
     raise InvalidJSON(f"the request body is not valid {coding} data")
+
+
+def _inflate_members(body: bytes, wbits: int, limit: int) -> bytes:
+    """Every member of the stream (RFC 1952 allows several gzip members one after the
+    other), the output of all of them bounded by `limit`; zlib.error if it is not."""
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        parts.append(inflater.decompress(rest, limit + 1 - size))
+        size += len(parts[-1])
+        if size > limit:
+            raise BodyTooLarge(f"the decoded request body is larger than {limit} bytes")
+        if not inflater.eof:
+            raise zlib.error("the stream ends early")
+        rest = inflater.unused_data
+        if not rest:
+            return b"".join(parts)
+        if wbits != _WBITS["gzip"] or not rest.startswith(b"\x1f\x8b"):
+            raise zlib.error("data after the end of the stream")
 
 
 def find_model(body: bytes, content_type: str) -> ModelField:

@@ -368,3 +368,10 @@ def test_huge_integer_duration_is_a_config_error() -> None:
 def test_integer_past_the_digit_limit_is_a_config_error() -> None:
     # Python's 4300-digit int conversion limit raises a plain ValueError inside tomllib.
     _fails_cleanly("port = " + "9" * 5000 + "\n" + MODEL)
+
+
+@pytest.mark.parametrize("key", ["host", "admin_token"])
+def test_huge_hexadecimal_integer_is_a_config_error(key: str) -> None:
+    # Python's digit limit applies to decimal only: tomllib reads this one, and printing
+    # it in the message would raise.
+    _fails_cleanly(f"{key} = 0x{'f' * 4000}\n" + MODEL)

@@ -1017,6 +1017,26 @@ async def test_undecodable_request_body_is_refused(
     assert all(not b.raw for b in lab.backends.values() if isinstance(b, RecordingBackend))
 
 
+async def test_repeated_content_encoding_headers_are_one_list(lab: Lab, daemon: Daemon) -> None:
+    # RFC 9110 §5.3: repeated fields are one comma-separated list, in order.
+    data = gzip.compress(PLAIN, mtime=0)
+    headers = CIMultiDict([("Content-Encoding", "identity"), ("Content-Encoding", "gzip")])
+    async with daemon.client.post(f"{daemon.url}/v1/x", data=data, headers=headers) as response:
+        assert response.status == 200, await response.text()
+    backend = lab.backends["alpha"]
+    assert isinstance(backend, RecordingBackend)
+    assert backend.raw[-1].body == data
+    sent = [v for k, v in backend.raw[-1].headers if k.lower() == "content-encoding"]
+    assert sent == ["identity", "gzip"]
+
+
+async def test_empty_encoded_body_is_model_required(daemon: Daemon) -> None:
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    async with daemon.client.post(f"{daemon.url}/v1/x", data=b"", headers=headers) as response:
+        assert response.status == 400
+        assert (await response.json())["error"]["code"] == "model_required"
+
+
 async def test_request_body_that_decodes_past_the_limit_is_413(lab: Lab, daemon: Daemon) -> None:
     limit = daemon.mux.config.max_request_body_bytes
     bomb = gzip.compress(b" " * limit + PLAIN, mtime=0)  # a few kB on the wire

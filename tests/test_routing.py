@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import gzip
 import json
 import random
+import zlib
 from collections.abc import Callable
 from typing import Any, Literal
 
 import pytest
 
-from aiollmux.errors import InvalidJSON, ModelRequired
-from aiollmux.routing import VALIDATE_LIMIT, ModelField, _scan, find_model
+from aiollmux.errors import BodyTooLarge, InvalidJSON, ModelRequired
+from aiollmux.routing import (
+    MAX_CODINGS,
+    VALIDATE_LIMIT,
+    ModelField,
+    _scan,
+    decoded_body,
+    find_model,
+)
 
 JSON = "application/json"
 Size = Literal["small", "large"]
@@ -567,6 +576,10 @@ def test_multipart_rewrite() -> None:
         (b'"model": "alpha", "x": {"role": "model", "a": ["model"]}', "alpha"),
         (b'"tools": [{"model": "nested"}], "model": "alpha"', "alpha"),
         (b'"x": "}", "model": "alpha", "y": "{\\"model\\": 1}"', "alpha"),
+        # Keys and strings that end in the bytes "model" after an escaped quote:
+        (b'"model": "alpha", "p\\"model": "beta"', "alpha"),
+        (b'"model": "alpha", "p\\"model"   :  "beta", "q": 1', "alpha"),
+        (b'"model": "alpha", "s": "a\\\\", "t\\"model": "beta"', "alpha"),
     ],
 )
 def test_large_body_with_model_near_the_end(tail: bytes, expected: str) -> None:
@@ -586,3 +599,43 @@ def test_large_body_whose_only_model_is_nested_has_none() -> None:
 def test_large_body_with_model_far_from_both_ends() -> None:
     body = members(messages("large"), b'"model": "alpha"', messages("large"))
     assert find_model(body, JSON).name == "alpha"
+
+
+# -- Content-Encoding: the decoded copy the model is found in ---------------------------
+
+
+def test_decoded_body_undoes_each_layer_in_turn() -> None:
+    plain = b'{"model": "alpha"}'
+    assert decoded_body(plain, "identity", 100) is plain
+    assert decoded_body(gzip.compress(plain), "gzip", 100) == plain
+    twice = zlib.compress(gzip.compress(plain))
+    assert decoded_body(twice, "gzip, deflate", 100) == plain
+    assert decoded_body(twice, "identity, gzip , Deflate", 100) == plain
+
+
+def test_decoded_body_reads_every_gzip_member() -> None:
+    # RFC 1952 §2.2: a gzip file is a series of members; gzip.decompress reads them all.
+    body = gzip.compress(b'{"model": ') + gzip.compress(b'"alpha"}')
+    assert decoded_body(body, "gzip", 100) == b'{"model": "alpha"}'
+    with pytest.raises(BodyTooLarge):  # the limit holds across members
+        decoded_body(gzip.compress(b"x" * 60) + gzip.compress(b"y" * 60), "gzip", 100)
+    with pytest.raises(InvalidJSON):  # after a member: another one, or nothing
+        decoded_body(gzip.compress(b"{}") + b"junk", "gzip", 100)
+    with pytest.raises(InvalidJSON):  # a zlib stream has one member only
+        decoded_body(zlib.compress(b"{}") * 2, "deflate", 100)
+
+
+def test_decoded_body_refuses_many_layers_before_any_work() -> None:
+    # Each layer may expand to the limit: a few hundred of them are minutes of CPU.
+    layers = ", ".join(["gzip"] * (MAX_CODINGS + 1))
+    with pytest.raises(InvalidJSON, match="layers of Content-Encoding"):
+        decoded_body(b"not even gzip", layers, 100)
+
+
+def test_decoded_body_stops_at_the_limit() -> None:
+    with pytest.raises(BodyTooLarge):
+        decoded_body(gzip.compress(b" " * 1_000_000), "gzip", 1000)
+    with pytest.raises(InvalidJSON, match="'br'"):
+        decoded_body(b"...", "br", 1000)
+    with pytest.raises(InvalidJSON, match="not valid gzip"):
+        decoded_body(gzip.compress(b"{}")[:-3], "gzip", 1000)  # cut short
