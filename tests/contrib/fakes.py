@@ -59,7 +59,9 @@ def serve(
     listen_after_load: bool,
     stop_secs: float = KNOBS.stop_secs,
 ) -> None:
-    """Serve `routes` (path -> handler, any method) on 127.0.0.1:port until SIGTERM.
+    """Serve `routes` on 127.0.0.1:port until SIGTERM. A key is "METHOD /path" (the method
+    the real server takes: a hook using another one fails here as it would there), or
+    "/path" for any method (the fakes' own `/_fake/state`).
 
     The model loads for FAKE_LOAD_SECS, before or after the port opens. SIGTERM ends the
     process `stop_secs` later (never, with FAKE_IGNORE_TERM=1); every fake ends after
@@ -77,8 +79,9 @@ def serve(
         if listen_after_load:
             await _load()
         app = web.Application()
-        for path, handler in routes.items():
-            app.router.add_route("*", path, handler)
+        for key, handler in routes.items():
+            method, _, path = key.rpartition(" ")
+            app.router.add_route(method or "*", path, handler)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
@@ -142,14 +145,14 @@ class FakeVllm:
 
     def routes(self) -> dict[str, Handler]:
         dev = {
-            "/sleep": self.sleep,
-            "/wake_up": self.wake_up,
-            "/is_sleeping": self.is_sleeping,
-            "/collective_rpc": self.collective_rpc,
+            "POST /sleep": self.sleep,
+            "POST /wake_up": self.wake_up,
+            "GET /is_sleeping": self.is_sleeping,
+            "POST /collective_rpc": self.collective_rpc,
         }
         routes: dict[str, Handler] = {
-            "/health": self.health,
-            "/v1/completions": self.complete,
+            "GET /health": self.health,
+            "POST /v1/completions": self.complete,
             "/_fake/state": self.state,
         }
         return {**routes, **dev} if self.dev_mode else routes
@@ -266,8 +269,8 @@ def run_llama_server(args: list[str], *, restored: bool = False) -> None:
         return json_answer({"pid": os.getpid(), "args": args, "loaded": LOADED.is_set()})
 
     routes: dict[str, Handler] = {
-        "/health": health,
-        "/v1/chat/completions": chat,
+        "GET /health": health,
+        "POST /v1/chat/completions": chat,
         "/_fake/state": state,
     }
     serve(routes, int(option(args, "--port") or 0), listen_after_load=False)
@@ -284,9 +287,9 @@ class FakeOllama:
 
     def routes(self) -> dict[str, Handler]:
         return {
-            "/api/version": self.version,
-            "/api/generate": self.generate,
-            "/api/ps": self.ps,
+            "GET /api/version": self.version,
+            "POST /api/generate": self.generate,
+            "GET /api/ps": self.ps,
             "/_fake/state": self.state,
         }
 
@@ -300,7 +303,9 @@ class FakeOllama:
         body = await body_of(request)
         self.calls.made.append(json.dumps(body, sort_keys=True))
         name = str(body["model"])
-        tag = name if ":" in name else f"{name}:latest"
+        # Ollama's short form of a name: default registry and namespace dropped, tag added.
+        short = name.removeprefix("registry.ollama.ai/").removeprefix("library/")
+        tag = short if ":" in short else f"{short}:latest"
         if tag not in self.known:
             return json_answer({"error": f'model "{name}" not found, try pulling it first'}, 404)
         if body.get("keep_alive") == 0:
@@ -336,22 +341,34 @@ def run_ollama(args: list[str]) -> None:
 
 @dataclass
 class FakeSglang:
+    """Like SGLang's memory saver: a release frees the weights' memory without saving
+    them unless --enable-weights-cpu-backup was given, so after a resume the model
+    answers garbage (sgl-project/sglang#6367). /health does not notice."""
+
     args: list[str]
     released: bool = False
+    weights_valid: bool = True
     calls: Calls = field(default_factory=Calls)
 
     def routes(self) -> dict[str, Handler]:
         return {
-            "/health": self.health,
-            "/v1/models": self.models,
-            "/release_memory_occupation": self.release,
-            "/resume_memory_occupation": self.resume,
+            "GET /health": self.health,
+            "GET /v1/models": self.models,
+            "POST /v1/completions": self.complete,
+            "POST /release_memory_occupation": self.release,
+            "POST /resume_memory_occupation": self.resume,
             "/_fake/state": self.state,
         }
 
     async def health(self, request: web.Request) -> web.StreamResponse:
-        ready = LOADED.is_set() and not self.released
-        return json_answer({}, 200 if ready else 503)
+        return json_answer({}, 200 if LOADED.is_set() else 503)
+
+    async def complete(self, request: web.Request) -> web.StreamResponse:
+        if self.released:
+            return json_answer({"error": "the memory is released"}, 503)
+        if not self.weights_valid:
+            return json_answer({"error": "garbage weights: resumed without a backup"}, 500)
+        return json_answer({"choices": [{"text": "hello"}]})
 
     async def models(self, request: web.Request) -> web.StreamResponse:
         return json_answer({"data": [{"id": option(self.args, "--model-path")}]})
@@ -368,6 +385,7 @@ class FakeSglang:
             return json_answer({"error": "memory is already released"}, 500)
         await asyncio.sleep(KNOBS.transition_secs)  # synchronous: answered once freed
         self.released = True
+        self.weights_valid = "--enable-weights-cpu-backup" in self.args
         return json_answer(None)
 
     async def resume(self, request: web.Request) -> web.StreamResponse:

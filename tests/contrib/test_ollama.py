@@ -33,6 +33,17 @@ def test_cycle_with_an_upstream_tag(hook_lab: HookLab) -> None:
     lab.ok("ollama", "sleep", **tag)  # not loaded: fine
 
 
+def test_a_fully_qualified_name_is_matched_by_its_short_form(hook_lab: HookLab) -> None:
+    lab = hook_lab
+    ollama(lab)
+    name = {"OLLAMA_MODEL": "registry.ollama.ai/library/qwen3:8b"}
+    lab.ok("ollama", "wake", **name)  # /api/ps lists it as qwen3:8b
+    assert loaded(lab) == ["qwen3:8b"]
+    lab.ok("ollama", "alive", **name)
+    lab.ok("ollama", "sleep", **name)
+    assert loaded(lab) == []
+
+
 def test_a_name_without_tag_means_latest(hook_lab: HookLab) -> None:
     lab = hook_lab
     lab.model = "llama3.2"

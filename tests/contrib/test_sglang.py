@@ -1,4 +1,5 @@
-"""contrib/hooks/sglang against a fake SGLang that refuses to release or resume twice."""
+"""contrib/hooks/sglang against a fake SGLang that refuses to release or resume twice and,
+like the real one, loses its weights in a release without --enable-weights-cpu-backup."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ def test_cycle_releases_and_resumes_exactly_once(hook_lab: HookLab) -> None:
     lab = hook_lab
     lab.ok("sglang", "wake", **SGLANG)  # starts the server, waits out the 503s of /health
     assert lab.get("/health")[0] == 200
+    assert lab.post("/v1/completions", {"prompt": "hi"})[0] == 200
     server = lab.pid("sglang")
     assert server is not None
     lab.ok("sglang", "alive")
@@ -21,7 +23,7 @@ def test_cycle_releases_and_resumes_exactly_once(hook_lab: HookLab) -> None:
     lab.ok("sglang", "sleep")
     assert lab.fake_state()["released"] is True
     assert lab.fails("sglang", "alive") == (
-        f"sglang: SGLang is not healthy on port {lab.port} (/health: HTTP 503)"
+        f"sglang: SGLang on port {lab.port} has released its memory (asleep)"
     )
     lab.ok("sglang", "sleep")  # a second release would be an error: none is sent
     lab.ok("sglang", "wake", **SGLANG)
@@ -32,6 +34,8 @@ def test_cycle_releases_and_resumes_exactly_once(hook_lab: HookLab) -> None:
     }
     lab.ok("sglang", "alive")
     assert lab.pid("sglang") == server
+    # The weights survived the release (the wake hook asked for a CPU backup).
+    assert lab.post("/v1/completions", {"prompt": "hi"})[0] == 200
 
 
 def test_stop_mode_and_the_clean_up_after_a_failed_wake(hook_lab: HookLab) -> None:

@@ -41,13 +41,13 @@ cli() {
 # container_state: STATE = running, exited, created, paused, restarting, ... (dies if there is
 # no such container).
 container_state() {
-    cli inspect -f '{{.State.Status}}' "$MODEL_CONTAINER" ||
+    cli container inspect -f '{{.State.Status}}' "$MODEL_CONTAINER" ||
         die "no container $MODEL_CONTAINER ($(one_line "$CLI_OUT")): create it first, see contrib/hooks/docker/README.md"
     STATE=$CLI_OUT
 }
 
 container_checkpointed() {
-    cli inspect -f '{{.State.Checkpointed}}' "$MODEL_CONTAINER" && [ "$CLI_OUT" = true ]
+    cli container inspect -f '{{.State.Checkpointed}}' "$MODEL_CONTAINER" && [ "$CLI_OUT" = true ]
 }
 
 container_ready() {

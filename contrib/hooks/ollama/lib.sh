@@ -18,10 +18,13 @@ OLLAMA_MODEL=${OLLAMA_MODEL:-$LLMUX_MODEL}
 OLLAMA_ALL_MODELS=${OLLAMA_ALL_MODELS:-0}
 OLLAMA_START=${OLLAMA_START:-0}
 OLLAMA_BIN=${OLLAMA_BIN:-ollama}
-# /api/ps names models with their tag: "qwen3" is listed as "qwen3:latest".
-case $OLLAMA_MODEL in
-    *:*) OLLAMA_TAG=$OLLAMA_MODEL ;;
-    *) OLLAMA_TAG=$OLLAMA_MODEL:latest ;;
+# /api/ps names models short and with their tag: "qwen3" and "library/qwen3" are listed as
+# "qwen3:latest", "registry.ollama.ai/library/qwen3:8b" as "qwen3:8b".
+_short=${OLLAMA_MODEL#registry.ollama.ai/}
+_short=${_short#library/}
+case $_short in
+    *:*) OLLAMA_TAG=$_short ;;
+    *) OLLAMA_TAG=$_short:latest ;;
 esac
 
 ollama_up() {

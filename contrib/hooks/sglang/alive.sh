@@ -5,6 +5,7 @@
 . "$(dirname "$0")/lib.sh"
 deadline "${ALIVE_TIMEOUT_SECS:-5}"
 
-sglang_ready || die "SGLang is not healthy on port $LLMUX_PORT (/health: $(answered))"
+# The marker first: /health generates a token, which a released server cannot do.
 sglang_released && die "SGLang on port $LLMUX_PORT has released its memory (asleep)"
+sglang_ready || die "SGLang is not healthy on port $LLMUX_PORT (/health: $(answered))"
 exit 0

@@ -17,7 +17,8 @@ if [ "$SGLANG_SLEEP" = stop ] || ! sglang_up; then
 fi
 
 sglang_released && exit 0
-# SGLang refuses to release while requests run: aiollmux drained the model before this hook.
+# Releasing while requests run fails inside SGLang's scheduler (which may take the server
+# down): aiollmux drained the model before this hook.
 http_long POST /release_memory_occupation '{}'
 expect_ok "POST /release_memory_occupation"
 run_dir

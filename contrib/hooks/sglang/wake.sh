@@ -1,6 +1,7 @@
 #!/bin/sh
 # aiollmux wake hook for SGLang: start the server if none answers (detached, with
-# --enable-memory-saver), resume its memory if sleep.sh released it, and exit 0 once /health
+# --enable-memory-saver and --enable-weights-cpu-backup, without which a resumed model
+# answers garbage), resume its memory if sleep.sh released it, and exit 0 once /health
 # answers 200. Settings: lib.sh and ../common.sh.
 # shellcheck source=lib.sh
 . "$(dirname "$0")/lib.sh"
@@ -13,7 +14,8 @@ if ! sglang_up; then
         rm -f "$RELEASED_FILE"
         # shellcheck disable=SC2086  # SGLANG_ARGS is a list of arguments
         start_detached "$SGLANG_PYTHON" -m sglang.launch_server --model-path "$SGLANG_MODEL_PATH" \
-            --host 127.0.0.1 --port "$LLMUX_PORT" --enable-memory-saver $SGLANG_ARGS
+            --host 127.0.0.1 --port "$LLMUX_PORT" --enable-memory-saver \
+            --enable-weights-cpu-backup $SGLANG_ARGS
     fi
     wait_started "SGLang ($SGLANG_MODEL_PATH)" sglang_up
 fi
