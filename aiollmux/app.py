@@ -43,11 +43,20 @@ RELOADER = web.AppKey("reloader", Reloader)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def _dumps(document: Any) -> str:
+    return json.dumps(document) + "\n"  # a shell prompt after `curl` starts on its own line
+
+
+def json_answer(
+    document: Any, *, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """Our own JSON answers (errors, /v1/models, /health, /admin/...), newline-ended."""
+    return web.json_response(document, status=status, headers=headers, dumps=_dumps)
+
+
 def error_response(error: RequestError) -> web.Response:
     shape = shape_of(error)
-    return web.json_response(
-        error_body(error.message, shape), status=shape.status, headers=error.headers
-    )
+    return json_answer(error_body(error.message, shape), status=shape.status, headers=error.headers)
 
 
 def openai_errors(handler: Handler) -> Handler:
@@ -66,7 +75,7 @@ def openai_errors(handler: Handler) -> Handler:
             shape = error_body(exc.reason, shape_of(RequestError(exc.reason)))
             shape["error"]["type"] = "invalid_request_error" if exc.status < 500 else "server_error"
             shape["error"]["code"] = exc.reason.lower().replace(" ", "_")
-            return web.json_response(shape, status=exc.status)
+            return json_answer(shape, status=exc.status)
 
     return wrapped
 
@@ -190,7 +199,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
 
 
 async def health(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_answer({"status": "ok"})
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -213,18 +222,18 @@ async def list_models(request: web.Request) -> web.Response:
     check_api_key(request)
     models = request.app[MULTIPLEXER].config.models
     data = [_model_object(m.id, m.aliases) for m in sorted(models.values(), key=lambda m: m.id)]
-    return web.json_response({"object": "list", "data": data})
+    return json_answer({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
     check_api_key(request)
     model = request.app[MULTIPLEXER].resolve(request.match_info["model_id"])
-    return web.json_response(_model_object(model.id, model.aliases))
+    return json_answer(_model_object(model.id, model.aliases))
 
 
 async def admin_status(request: web.Request) -> web.Response:
     check_admin(request)
-    return web.json_response(request.app[MULTIPLEXER].status())
+    return json_answer(request.app[MULTIPLEXER].status())
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -249,7 +258,7 @@ async def admin_switch(request: web.Request) -> web.Response:
     mux = request.app[MULTIPLEXER]
     model = mux.resolve(name)
     await mux.switcher_for(model).switch_to(model.id)
-    return web.json_response({"status": "ok", "active_model": model.id})
+    return json_answer({"status": "ok", "active_model": model.id})
 
 
 async def admin_sleep(request: web.Request) -> web.Response:
@@ -261,7 +270,7 @@ async def admin_sleep(request: web.Request) -> web.Response:
     targets = [mux.switchers[group]] if isinstance(group, str) else list(mux.switchers.values())
     for switcher in targets:
         await switcher.switch_to(None)
-    return web.json_response({"status": "ok", "state": "idle"})
+    return json_answer({"status": "ok", "state": "idle"})
 
 
 async def admin_reload(request: web.Request) -> web.Response:
@@ -270,8 +279,8 @@ async def admin_reload(request: web.Request) -> web.Response:
     if outcome.result == "failed":
         body = error_body(outcome.error or "reload failed", shape_of(RequestError("")))
         body["error"].update(type="invalid_request_error", code="invalid_config")
-        return web.json_response(body, status=400)
-    return web.json_response({"status": outcome.result, "generation": outcome.generation})
+        return json_answer(body, status=400)
+    return json_answer({"status": outcome.result, "generation": outcome.generation})
 
 
 def build_app(

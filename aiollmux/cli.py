@@ -130,6 +130,11 @@ def init(path: str) -> None:
 
     target = Path(path)
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file where a directory should be, no permission...
+        click.echo(f"error: cannot create {target.parent}: {error.strerror or error}", err=True)
+        sys.exit(1)
+    try:
         with target.open("xb") as file:
             file.write(INIT_HEADER)
             tomli_w.dump(starter_document(), file)

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# llmux exports no `*_created` series, and dashboards written for it expect none: they
+# would double every counter and histogram in a `{__name__=~"llmux_.*"}` query.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Switches and hooks take seconds to minutes; requests milliseconds to many minutes.
 _SWITCH_BUCKETS = (0.1, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, float("inf"))
@@ -119,6 +130,14 @@ class Metrics:
         if child is None:
             child = self._in_flight_children[model] = self.in_flight.labels(model=model)
         return child
+
+    def forget_model(self, model: str) -> None:
+        """A model left the configuration: its gauges go (a removed model is neither
+        active nor busy: it is not there). Counters and histograms keep their history."""
+        self._in_flight_children.pop(model, None)
+        for gauge in (self.active_model, self.in_flight, self.queue_depth):
+            with contextlib.suppress(KeyError):  # never set
+                gauge.remove(model)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

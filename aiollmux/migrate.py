@@ -41,7 +41,9 @@ def load_llmux(path: Path) -> dict[str, Any]:
             import yaml
         except ImportError:
             raise ConfigError(
-                source, "", "reading YAML needs PyYAML: pip install 'aiollmux[yaml]'"
+                source,
+                "",
+                "reading YAML needs PyYAML: pip install pyyaml (or aiollmux's yaml extra)",
             ) from None
         try:
             document = yaml.safe_load(text)

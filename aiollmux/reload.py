@@ -68,10 +68,15 @@ class Reloader:
         for waiter in self._pending:
             waiter.cancel()
 
-    def trigger(self, reason: str) -> asyncio.Future[ReloadOutcome]:
-        """Ask for a reload; the future resolves once one that started after now ended."""
-        logger.debug(
-            "reload requested by %s", reason, extra={"event": "reload_requested", "by": reason}
+    def trigger(self, reason: str, *, quiet: bool = False) -> asyncio.Future[ReloadOutcome]:
+        """Ask for a reload; the future resolves once one that started after now ended.
+        An operator's request is logged at info (an unchanged file says nothing more);
+        the watcher's are `quiet` (debug): editors touch files often."""
+        logger.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "reload requested by %s",
+            reason,
+            extra={"event": "reload_requested", "by": reason},
         )
         waiter: asyncio.Future[ReloadOutcome] = asyncio.get_running_loop().create_future()
         self._pending.append(waiter)
@@ -162,10 +167,10 @@ class Reloader:
             # The generator's first step registers the watches (synchronously); a change
             # made before that is caught by one look at the file right after.
             await asyncio.sleep(0)
-            _ = self.trigger("the watcher starting")
+            _ = self.trigger("the watcher starting", quiet=True)
             while True:
                 await pending
-                _ = self.trigger("a change of the file")  # nobody waits for this one
+                _ = self.trigger("a change of the file", quiet=True)  # nobody waits for it
                 pending = asyncio.ensure_future(anext(changes))
         finally:
             pending.cancel()

@@ -207,9 +207,7 @@ class Switcher:
             await self.switch_to(None, unless=lambda: self.active != model or not runtime.retired)
         if self.models.get(model) is runtime and runtime.retired:
             del self.models[model]
-            self.metrics.active_model.labels(model=model).set(0)
-            self.metrics.in_flight.labels(model=model).set(0)
-            self.metrics.queue_depth.labels(model=model).set(0)
+            self.metrics.forget_model(model)
 
     # -- requests ----------------------------------------------------------------------
 

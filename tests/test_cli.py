@@ -202,12 +202,19 @@ def test_init_never_overwrites(tmp_path: Path) -> None:
     assert target.read_text() == "# my precious config\n"
 
 
-def test_init_into_a_missing_directory(tmp_path: Path) -> None:
+def test_init_creates_missing_directories(tmp_path: Path) -> None:
     target = tmp_path / "no" / "such" / "dir.toml"
     result = invoke("init", str(target))
+    assert result.exit_code == 0, result.output
+    assert tomllib.loads(target.read_text()) == starter_document()
+
+
+def test_init_under_a_file_fails_clearly(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    target = tmp_path / "file" / "llmux.toml"
+    result = invoke("init", str(target))
     assert result.exit_code == 1
-    assert result.stderr == f"error: cannot write {target}: No such file or directory\n"
-    assert not target.parent.exists()
+    assert result.stderr == f"error: cannot create {target.parent}: File exists\n"
 
 
 def test_version() -> None:

@@ -140,7 +140,22 @@ async def test_removing_the_active_model_drains_its_stream_then_sleeps_it(lab: L
         assert lab.journal.lines()[-2:] == ["start sleep alpha", "end sleep alpha"]
         async with await daemon.chat("beta") as response:
             assert (await response.json())["model"] == "beta"
+        # A removed model's gauges go; its counters keep their history.
+        metrics = await daemon.metrics()
+        assert 'llmux_active_model{model="beta"} 1.0' in metrics
+        assert 'model="alpha"' not in "".join(
+            line for line in metrics.splitlines() if line.startswith(GAUGES)
+        )
+        assert 'llmux_requests_total{model="alpha",status="200"} 1.0' in metrics
+        # Added back, it is exported again from zero.
+        _write(path, text)
+        async with daemon.client.post(f"{daemon.url}/admin/reload") as response:
+            assert (await response.json())["status"] == "applied"
+        assert 'llmux_model_in_flight{model="alpha"} 0.0' in await daemon.metrics()
     assert lab.violations() == []
+
+
+GAUGES = ("llmux_active_model", "llmux_model_in_flight", "llmux_request_queue_depth")
 
 
 async def test_port_and_policy_changes_apply_to_what_comes_next(lab: Lab) -> None:
