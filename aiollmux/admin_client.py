@@ -108,8 +108,9 @@ def render_status(status: dict[str, Any]) -> str:
     rows = [("MODEL", "STATE", "PORT", "IN-FLIGHT", "QUEUED", "SWITCH COST", "GROUP")]
     for name, info in status.get("models", {}).items():
         cost = f"{costs[name]:.1f}s" if name in costs else "-"
+        state = f"{info['state']} (removed)" if info.get("removed") else str(info["state"])
         rows.append(
-            (name, str(info["state"]), str(info["port"]), str(info["in_flight"]),
+            (name, state, str(info["port"]), str(info["in_flight"]),
              str(info["queued"]), cost, str(info["group"]))
         )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

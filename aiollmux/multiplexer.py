@@ -218,6 +218,19 @@ class Multiplexer:
                 "queued": switcher.queued(model.id),
                 "state": switcher.model_status(model.id),
             }
+        # Removed from the configuration but still draining or being put to sleep.
+        for switcher in self.switchers.values():
+            for name, runtime in switcher.models.items():
+                if name not in models and runtime.retired:
+                    models[name] = {
+                        "port": runtime.config.port,
+                        "group": switcher.group,
+                        "aliases": [],
+                        "in_flight": switcher.in_flight(name),
+                        "queued": switcher.queued(name),
+                        "state": switcher.model_status(name),
+                        "removed": True,
+                    }
         default = groups["default"]
         return {
             "state": default["state"],

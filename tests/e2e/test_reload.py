@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from aiollmux.admin_client import render_status
 from aiollmux.config import load_config
 from tests.support import Daemon, Lab, running_daemon, wait_for, without_model
 
@@ -132,6 +133,12 @@ async def test_removing_the_active_model_drains_its_stream_then_sleeps_it(lab: L
         async with await daemon.chat("alpha") as response:
             assert response.status == 404
         assert "start sleep alpha" not in lab.journal.lines()
+        # Status still shows it while its stream runs.
+        status = await daemon.status()
+        draining = status["models"]["alpha"]
+        assert (draining["removed"], draining["in_flight"]) == (True, 1)
+        [row] = [line for line in render_status(status).splitlines() if line.startswith("alpha")]
+        assert row.split()[1:3] == ["draining", "(removed)"]
         alpha.open_gate("g", 1)
         assert (await stream.content.read()).endswith(b"data: [DONE]\n\n")
         stream.close()
