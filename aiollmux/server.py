@@ -17,6 +17,7 @@ from aiohttp import web
 
 from aiollmux.app import MULTIPLEXER, RELOADER, build_app
 from aiollmux.config import Config, log_config_warnings
+from aiollmux.memory import tune_allocator
 from aiollmux.systemd import notify
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ def make_runner(app: web.Application, *, shutdown_timeout: float) -> web.AppRunn
 
 async def serve(config: Config) -> None:
     """Serve `config` until SIGTERM/SIGINT."""
+    if tune_allocator():
+        logger.debug("allocator tuned for large request bodies (aiollmux/memory.py)")
     app = build_app(config)
     runner = make_runner(app, shutdown_timeout=config.shutdown_timeout_secs)
     loop = asyncio.get_running_loop()
