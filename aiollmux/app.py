@@ -326,10 +326,12 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await reloader.close()
-        await mux.close(sleep_active=mux.config.sleep_on_shutdown)
+        await mux.close(sleep_active=mux.config.sleep_on_shutdown and mux.served)
         await proxy.close()
 
 
 async def _stop_switching(app: web.Application) -> None:
-    # Runs once the listener is closed, before in-flight requests are waited for.
+    # Runs once the listener is closed, before in-flight requests are waited for. No
+    # reload from here on: it could start what is being stopped (a health monitor).
+    await app[RELOADER].close()
     await app[MULTIPLEXER].stop_switching()

@@ -173,6 +173,8 @@ class _Table:
             raise self.error(name, f"expected {what}, got {_describe(value)}")
         if not value.strip():
             raise self.error(name, f"must not be empty: expected {what}")
+        if "\0" in value:  # no command, path or environment variable can hold one
+            raise self.error(name, "must not contain a NUL character")
         return value
 
     def optional_string(self, name: str) -> str | None:
@@ -240,6 +242,8 @@ class _Table:
                 raise self.item_error(
                     name, index, f"expected a non-empty string, got {_describe(item)}"
                 )
+            if "\0" in item:
+                raise self.item_error(name, index, "must not contain a NUL character")
         return tuple(value)
 
     def item_error(self, name: str, index: int, message: str) -> ConfigError:
@@ -378,6 +382,8 @@ def _parse_models(
         entry = table.table(model_id)
         if not model_id.strip():
             raise ConfigError(table.source, entry.path, "a model id must not be empty")
+        if "\0" in model_id:  # hooks get it in LLMUX_MODEL
+            raise ConfigError(table.source, entry.path, "a model id must not contain NUL")
         model = _parse_model(model_id, entry, groups)
         if model.port in ports:
             raise entry.error(
@@ -445,12 +451,13 @@ def _parse_model(model_id: str, entry: _Table, groups: Mapping[str, GroupConfig]
     )
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and parse a configuration file."""
+def load_config(path: str | os.PathLike[str], data: bytes | None = None) -> Config:
+    """Read and parse a configuration file (`data`: its bytes, already read)."""
     file = Path(path)
     source = str(file)
     try:
-        text = file.read_text(encoding="utf-8")
+        raw = file.read_bytes() if data is None else data
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(source, "", "file not found (create one with `aiollmux init`)") from None
     except UnicodeDecodeError as exc:

@@ -116,10 +116,9 @@ class HealthMonitor:
         )
         await switcher.switch_to(
             None,
-            # A request that came in meanwhile keeps the model awake.
-            unless=lambda: (
-                switcher.active != model or switcher.last_activity != since or switcher.is_busy()
-            ),
+            # A request that came in meanwhile keeps the model awake. (Checked when the
+            # driver takes this up, and again once min_active_secs has passed.)
+            unless=lambda: switcher.active != model or switcher.last_activity != since,
         )
 
     async def _check_alive(self, model: str) -> None:
@@ -127,9 +126,15 @@ class HealthMonitor:
         if switcher.is_busy():
             self._next_check = switcher.clock() + self.alive_interval
             return
-        result = await switcher.hooks.run(switcher.models[model].config, "alive", switcher.base_dir)
-        if switcher.active != model:
-            return  # the world moved on while the hook ran
+        changes = switcher.changes
+        config = switcher.models[model].config
+        result = await switcher.hooks.run(config, "alive", switcher.base_dir, report=False)
+        if switcher.active != model or switcher.changes != changes or switcher.is_busy():
+            # The world moved on while the hook ran (a switch began, say: the backend may
+            # be going to sleep): the answer is moot, and is not counted as a failure.
+            self._next_check = switcher.clock() + self.alive_interval
+            return
+        switcher.hooks.report(result)
         if result.ok:
             self.failures = 0
             self._next_check = switcher.clock() + self.alive_interval

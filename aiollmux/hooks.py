@@ -159,15 +159,20 @@ class HookRunner:
     def running(self) -> int:
         return len(self._running)
 
-    async def run(self, model: ModelConfig, hook: HookName, cwd: Path) -> HookResult:
+    async def run(
+        self, model: ModelConfig, hook: HookName, cwd: Path, *, report: bool = True
+    ) -> HookResult:
+        """Run one hook. `report=False`: no metrics or log yet (the caller may find the
+        result moot, an alive check overtaken by a switch, and `report()` it otherwise)."""
         started = time.monotonic()
         out, err = _Capture(), _Capture()
         try:
             proc = await _spawn(model, hook, cwd, out, err)
-        except OSError as error:
+        except (OSError, ValueError) as error:  # ValueError: a NUL in an argument
             out.close()
             err.close()
-            return self._report(
+            return self._reported(
+                report,
                 HookResult(
                     model=model.id,
                     hook=hook,
@@ -176,7 +181,7 @@ class HookRunner:
                     duration=time.monotonic() - started,
                     stdout="",
                     stderr=str(error),
-                )
+                ),
             )
         except BaseException:
             out.close()
@@ -210,7 +215,7 @@ class HookRunner:
             stdout=self._collect(out),
             stderr=self._collect(err),
         )
-        return self._report(result)
+        return self._reported(report, result)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         _kill_group(proc, signal.SIGTERM)
@@ -232,7 +237,11 @@ class HookRunner:
                 capture.on_close.append(functools.partial(self._drains.discard, capture))
         return text
 
-    def _report(self, result: HookResult) -> HookResult:
+    def _reported(self, report: bool, result: HookResult) -> HookResult:
+        return self.report(result) if report else result
+
+    def report(self, result: HookResult) -> HookResult:
+        """Count `result` in the metrics and log it."""
         labels = {"model": result.model, "hook": result.hook}
         if self.metrics is not None:
             self.metrics.hook_duration.labels(**labels).observe(result.duration)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,13 +40,20 @@ class Multiplexer:
         self.switchers: dict[str, Switcher] = {}
         self.monitors: dict[str, HealthMonitor] = {}
         self._started = False
+        # False from `run`'s start until it listens: sleep_on_shutdown then does nothing
+        # (a daemon that could not bind its port must not sleep another's model).
+        self.served = True
         self.exclusive_gate = _ExclusiveGate(self)
         self._retiring: set[asyncio.Task[None]] = set()
         for group in config.groups:
             self._add_group(group, config, load_policy(config.policy, config.source))
 
-    def _add_group(self, group: str, config: Config, policy: Policy) -> None:
+    def _add_group(
+        self, group: str, config: Config, policy: Policy, skip: Collection[str] = ()
+    ) -> None:
+        """A switcher and a monitor for `group`; `skip`: models added later (moved in)."""
         members = {m.id: m for m in config.models.values() if m.group == group}
+        members = {name: m for name, m in members.items() if name not in skip}
         switcher = Switcher(
             group=group,
             models=members,
@@ -82,10 +90,15 @@ class Multiplexer:
         """
         old, self.config = self.config, new
         policy_changed = new.policy != old.policy
+        moved = {
+            name
+            for name, model in new.models.items()
+            if name in old.models and old.models[name].group != model.group
+        }
         for group in new.groups:
             policy = load_policy(new.policy, new.source)
             if group not in self.switchers:
-                self._add_group(group, new, policy)
+                self._add_group(group, new, policy, skip=moved)
             elif policy_changed or new.base_dir != old.base_dir:
                 self.switchers[group].configure(
                     policy_config=new.policy, policy=policy, base_dir=new.base_dir
@@ -96,12 +109,14 @@ class Multiplexer:
             monitor.configure(
                 alive_interval=new.alive_interval_secs, idle_sleep=new.policy.idle_sleep_secs
             )
+        leaving: dict[str, asyncio.Task[None]] = {}
         for model in old.models.values():
-            moved = model.id in new.models and new.models[model.id].group != model.group
-            if model.id not in new.models or moved:
-                self._retire(self.switchers[model.group], model.id)
+            if model.id not in new.models or model.id in moved:
+                leaving[model.id] = self._retire(self.switchers[model.group], model.id)
         for model in new.models.values():
-            self.switcher_for(model).put_model(model)
+            # A model that moved to another group is woken there only once its old group
+            # has put it to sleep.
+            self.switcher_for(model).put_model(model, after=leaving.get(model.id))
         self.restart_required = (new.host, new.port) != self.listening
         self.generation += 1
         self.loaded_at = datetime.now(UTC)
@@ -112,10 +127,11 @@ class Multiplexer:
         exclusive = settings is not None and settings.exclusive
         self.switchers[group].exclusive_gate = self.exclusive_gate if exclusive else None
 
-    def _retire(self, switcher: Switcher, model: str) -> None:
+    def _retire(self, switcher: Switcher, model: str) -> asyncio.Task[None]:
         task = asyncio.create_task(switcher.retire(model), name=f"retire-{model}")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+        return task
 
     async def adopt_awake_models(self) -> None:
         """Find models already awake (a restart of aiollmux, not of the box) (DESIGN §7).
@@ -265,7 +281,7 @@ class _ExclusiveGate:
         self.lock = asyncio.Lock()
 
     async def clear_others(self, switcher: Switcher) -> None:
-        for group, other in self.mux.switchers.items():
+        for group, other in list(self.mux.switchers.items()):  # a reload may add groups
             settings = self.mux.config.groups.get(group)
             if other is switcher or (settings is not None and settings.persistent):
                 continue

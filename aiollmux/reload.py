@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 # watchfiles waits this long for a burst of events to end before it reports them.
 DEBOUNCE_MS = 200
+WATCH_RETRY_SECS = 2.0  # after a watcher failure
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,11 +36,15 @@ class ReloadOutcome:
     error: str | None = None
 
 
-def _digest(path: Path) -> str | None:
+def _read(path: Path) -> bytes | None:
     try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
+        return path.read_bytes()
     except OSError:
         return None
+
+
+def _digest(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 class Reloader:
@@ -49,7 +54,7 @@ class Reloader:
         self.mux = mux
         self.path = path
         self.watch = watch
-        self._applied_digest = _digest(path)
+        self._applied_digest = _digest(_read(path))
         self._failed_digest: str | None = None
         self._pending: list[asyncio.Future[ReloadOutcome]] = []
         self._wanted = asyncio.Event()
@@ -59,6 +64,11 @@ class Reloader:
         self._tasks.append(asyncio.create_task(self._reload_loop(), name="reload"))
         if self.watch and self.path.parent.is_dir():
             self._tasks.append(asyncio.create_task(self._watch(), name="config-watch"))
+
+    @property
+    def running(self) -> bool:
+        """Started and not closed: triggers are answered."""
+        return bool(self._tasks)
 
     async def close(self) -> None:
         for task in self._tasks:
@@ -99,13 +109,16 @@ class Reloader:
 
     def _reload_once(self) -> ReloadOutcome:
         mux = self.mux
-        digest = _digest(self.path)
+        # Read once: the digest and the parse are of the same bytes, even if the file is
+        # being rewritten in place meanwhile.
+        data = _read(self.path)
+        digest = _digest(data)
         if digest is not None and digest == self._applied_digest:
             return ReloadOutcome("unchanged", mux.generation)
         if digest is not None and digest == self._failed_digest:
             return ReloadOutcome("failed", mux.generation, mux.last_reload_error)
         try:
-            config = self._validated()
+            config = self._validated(data)
         except ConfigError as error:
             self._failed_digest = digest
             mux.last_reload_error = str(error)
@@ -138,8 +151,8 @@ class Reloader:
             )
         return ReloadOutcome("applied", mux.generation)
 
-    def _validated(self) -> Config:
-        config = load_config(self.path)
+    def _validated(self, data: bytes | None) -> Config:
+        config = load_config(self.path, data)
         load_policy(config.policy, config.source)  # a user policy must load, too
         return config
 
@@ -147,15 +160,36 @@ class Reloader:
         name = Path(changed).name
         if name in (self.path.name, "..data"):
             return True
-        # An editor or ConfigMap may swap the file behind a symlink.
-        with contextlib.suppress(OSError):
+        # An editor or ConfigMap may swap the file behind a symlink. (A symlink loop is a
+        # RuntimeError on Python 3.11.)
+        with contextlib.suppress(OSError, RuntimeError):
             return Path(changed) == self.path.resolve()
         return False
 
     async def _watch(self) -> None:
+        """Watch for good: a watcher that fails says so and starts again, so that edits
+        are never silently ignored from then on (SIGHUP and the admin API work anyway)."""
+        while True:
+            try:
+                await self._watch_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning(
+                    "watching %s failed (%s); watching again in %.0fs",
+                    self.path,
+                    exc,
+                    WATCH_RETRY_SECS,
+                    extra={"event": "config_watch_failed"},
+                )
+            await asyncio.sleep(WATCH_RETRY_SECS)
+
+    async def _watch_once(self) -> None:
         # The directory, not the file: editors save by rename, and a ConfigMap swaps a
         # `..data` symlink without any event naming the file itself.
-        directories = {self.path.parent, self.path.resolve().parent}
+        directories = {self.path.parent}
+        with contextlib.suppress(OSError, RuntimeError):
+            directories.add(self.path.resolve().parent)
         changes = watchfiles.awatch(
             *sorted(directories),
             watch_filter=self._relevant,

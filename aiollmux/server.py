@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import replace
 
@@ -44,17 +45,26 @@ async def serve(config: Config) -> None:
     """Serve `config` until SIGTERM/SIGINT."""
     if tune_allocator():
         logger.debug("allocator tuned for large request bodies (aiollmux/memory.py)")
+    # Before any hook runs: a second instance must not put the first one's model to
+    # sleep (adoption and sleep_on_shutdown) only to find the port taken.
+    check_port_free(config.host, config.port)
     app = build_app(config)
+    mux = app[MULTIPLEXER]
+    mux.served = False  # no sleep_on_shutdown for a daemon that never served
     runner = make_runner(app, shutdown_timeout=config.shutdown_timeout_secs)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in _SIGNALS:
         loop.add_signal_handler(sig, stop.set)
+    # From the start to the end: SIGHUP's default action would kill the daemon (and leave
+    # a running hook's processes behind). Before the reloader runs, it is ignored.
+    loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, app)
     try:
         await runner.setup()  # probes alive hooks: adoption happens before we listen
         site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
         await site.start()
-        models = ", ".join(sorted(app[MULTIPLEXER].config.models))
+        mux.served = True
+        models = ", ".join(sorted(mux.config.models))
         logger.info(
             "listening on http://%s:%d; models: %s",
             config.host,
@@ -62,8 +72,7 @@ async def serve(config: Config) -> None:
             models,
             extra={"event": "listening", "host": config.host, "port": config.port},
         )
-        log_config_warnings(app[MULTIPLEXER].config)
-        loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, app)
+        log_config_warnings(mux.config)
         notify("READY=1")
         await stop.wait()
         logger.info(
@@ -75,13 +84,30 @@ async def serve(config: Config) -> None:
         for sig in _SIGNALS:
             loop.add_signal_handler(sig, _exit_now, app)
     finally:
-        loop.remove_signal_handler(signal.SIGHUP)
         await runner.cleanup()
+        loop.remove_signal_handler(signal.SIGHUP)
         for sig in _SIGNALS:
             loop.remove_signal_handler(sig)
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Bind (and let go of) every address `host` names on `port`, as the listener will:
+    OSError ("Address already in use") if another process holds one."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            probe.bind(address)
+
+
 def _reload_on_sighup(app: web.Application) -> None:
+    if not app[RELOADER].running:
+        logger.info(
+            "SIGHUP ignored: not serving yet, or stopping", extra={"event": "sighup_ignored"}
+        )
+        return
     # MONOTONIC_USEC: systemd >= 253 wants it with RELOADING=1 (Type=notify-reload).
     notify(f"RELOADING=1\nMONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
     done = app[RELOADER].trigger("SIGHUP")

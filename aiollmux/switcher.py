@@ -8,6 +8,7 @@ switch half done (DESIGN §4).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -62,6 +63,7 @@ class InFlightGuard:
 class _Waiter:
     future: asyncio.Future[InFlightGuard]
     since: float
+    released: bool = False  # handed a guard by _release_waiters
 
 
 @dataclass(slots=True, eq=False)
@@ -73,6 +75,8 @@ class _ModelRuntime:
     guards: set[InFlightGuard] = field(default_factory=set)
     draining: bool = False
     retired: bool = False  # removed from the configuration; going away
+    # Moved here from another group: not woken before that group has put it to sleep.
+    arrival: asyncio.Future[None] | None = None
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -131,12 +135,19 @@ class Switcher:
         self._kick = asyncio.Event()
         # Switches and sleeps asked for by name (admin API, idle sleep), ahead of the policy.
         self._forced: deque[_ForcedSwitch] = deque()
+        self._forced_now: _ForcedSwitch | None = None  # the one being carried out
+        # Requests released from a queue whose handlers have not resumed yet: counted in
+        # flight, and the next sleep waits for them to start (even without a drain).
+        self._starting = 0
+        self._all_started = asyncio.Event()
+        self._all_started.set()
         # Held while this group runs a wake or sleep hook: another group's exclusive
         # switch takes it too, to sleep our model (DESIGN §8).
         self.busy = asyncio.Lock()
         self.exclusive_gate: ExclusiveGate | None = None  # set for exclusive groups
         self.last_activity = clock()  # when a request last started or ended
         self.on_change: list[Callable[[], None]] = []  # called when the active model changes
+        self.changes = 0  # how often the active model changed
         self._retry_handle: asyncio.TimerHandle | None = None
         self._driver: asyncio.Task[None] | None = None
         self._closed = False
@@ -154,6 +165,8 @@ class Switcher:
     async def close(self) -> None:
         """Stop switching; every queued request fails with 503."""
         self._closed = True
+        # The forced switch under way (if any) is forgotten by the driver as it stops.
+        pending = [*([self._forced_now] if self._forced_now is not None else []), *self._forced]
         if self._retry_handle is not None:
             self._retry_handle.cancel()
         if self._driver is not None:
@@ -162,10 +175,10 @@ class Switcher:
             self._driver = None
         for runtime in self.models.values():
             self._fail_waiters(runtime, lambda: ServiceStopping("aiollmux is shutting down"))
-        while self._forced:
-            done = self._forced.popleft().done
-            if not done.done():
-                done.set_exception(ServiceStopping("aiollmux is shutting down"))
+        self._forced.clear()
+        for item in pending:
+            if not item.done.done():
+                item.done.set_exception(ServiceStopping("aiollmux is shutting down"))
 
     def adopt(self, model: str) -> None:
         """Mark a model that is already awake as active without running its wake hook."""
@@ -180,16 +193,17 @@ class Switcher:
         self.base_dir = base_dir
         self._kick.set()
 
-    def put_model(self, config: ModelConfig) -> None:
+    def put_model(self, config: ModelConfig, *, after: asyncio.Future[None] | None = None) -> None:
         """Add a model, or give an existing one its new settings (used from the next
-        hook run and the next forwarded request on)."""
+        hook run and the next forwarded request on). `after`: it comes from another
+        group, whose sleep of it must end before it is woken here."""
         runtime = self.models.get(config.id)
         if runtime is not None:
             # Back before its retirement finished: keep the runtime (and its guards).
             runtime.config = config
             runtime.retired = False
             return
-        self.models[config.id] = _ModelRuntime(config)
+        self.models[config.id] = _ModelRuntime(config, arrival=after)
         for gauge in (self.metrics.active_model, self.metrics.in_flight, self.metrics.queue_depth):
             gauge.labels(model=config.id).set(0)
 
@@ -218,6 +232,7 @@ class Switcher:
             runtime is None
             or self.active != model
             or runtime.draining
+            or runtime.retired
             or runtime.waiters
             or self._closed
         ):
@@ -262,6 +277,10 @@ class Switcher:
             if guard is None:
                 _abandon(waiter)
             self._forget_waiter(runtime, waiter)
+            if waiter.released:  # resumed (or gave up): no longer starting
+                self._starting -= 1
+                if self._starting == 0:
+                    self._all_started.set()
         return guard
 
     def _forget_waiter(self, runtime: _ModelRuntime, waiter: _Waiter) -> None:
@@ -345,12 +364,23 @@ class Switcher:
 
     async def _step(self) -> None:
         while self._forced:
-            target, done, unless = self._forced.popleft()
-            if unless is not None and unless():
+            item = self._forced_now = self._forced.popleft()
+            target, done, unless = item
+            try:
+                if unless is not None and unless():
+                    error: Exception | None = None
+                else:
+                    error = await self._forced_switch(target, unless)
+            except ModelNotFound as exc:  # removed by a reload while it waited for the lock
+                error = exc
+            except asyncio.CancelledError:
+                raise  # close() fails `done`
+            except Exception as exc:  # whoever asked hears of it, then the driver logs it
                 if not done.done():
-                    done.set_result(None)
-                continue
-            error = await self._forced_switch(target)
+                    done.set_exception(exc)
+                raise
+            finally:
+                self._forced_now = None
             if not done.done():
                 if error is None:
                     done.set_result(None)
@@ -374,7 +404,8 @@ class Switcher:
             and target != self.active
             and not self.models[target].retired
         ):
-            await self._switch(target)
+            with contextlib.suppress(ModelNotFound):  # removed while the lock was awaited
+                await self._switch(target)
             self._kick.set()  # others may be waiting: ask again
             return
         ask_again = next_ask(decision, now, self.policy.tick_interval)
@@ -414,25 +445,28 @@ class Switcher:
             ),
         )
 
-    async def _forced_switch(self, target: str | None) -> Exception | None:
+    async def _forced_switch(
+        self, target: str | None, unless: Callable[[], bool] | None
+    ) -> Exception | None:
         if target == self.active:
             return None
         if target is None:
-            await self.yield_gpu()
+            await self.yield_gpu(unless=unless)
             return None
         failure = await self._switch(target)
         return None if failure is None else WakeFailed(failure)
 
-    async def yield_gpu(self) -> None:
+    async def yield_gpu(self, *, unless: Callable[[], bool] | None = None) -> None:
         """Drain and sleep the active model (an admin sleep, idle sleep, a removal, or
-        another group's exclusive switch)."""
+        another group's exclusive switch); not if `unless` has become true by the time
+        the drain would begin (min_active_secs may have passed meanwhile)."""
         async with self.busy:
             source = self.active
             if source is None:
                 return
             self.switching = Transition(source, None)
             try:
-                await self._put_to_sleep(source, None)
+                await self._put_to_sleep(source, None, unless)
             finally:
                 self.switching = None
                 # Called from outside the driver too (another group's exclusive switch):
@@ -454,6 +488,12 @@ class Switcher:
             return await self._switch_locked(target)
 
     async def _switch_locked(self, target: str) -> str | None:
+        runtime = self.models.get(target)
+        if runtime is None or runtime.retired:  # a reload removed it while we waited
+            raise ModelNotFound(f"model {target!r} was removed from the configuration")
+        if runtime.arrival is not None:
+            await asyncio.wait({runtime.arrival})  # its old group puts it to sleep first
+            runtime.arrival = None
         source = self.active
         started = self.clock()
         self.switching = Transition(source, target)
@@ -477,14 +517,23 @@ class Switcher:
         finally:
             self.switching = None
 
-    async def _put_to_sleep(self, source: str, target: str | None) -> None:
+    async def _put_to_sleep(
+        self, source: str, target: str | None, unless: Callable[[], bool] | None = None
+    ) -> bool:
+        """Drain and sleep `source`; False if `unless` became true before it began."""
         runtime = self.models[source]
         remaining = self.policy_config.min_active_secs - (self.clock() - self.activated_at)
         if remaining > 0:
             await asyncio.sleep(remaining)
+        # Requests just let in must be on their way before the model is marked draining.
+        await self._all_started.wait()
+        if unless is not None and unless():
+            return False
         runtime.draining = True
+        slept = False
         try:
             await self._drain(runtime, target)
+            slept = True  # from here on the model counts as asleep, whatever happens
             sleep = await self._run_hook(source, "sleep")
             if not sleep.ok:
                 logger.warning(
@@ -495,7 +544,9 @@ class Switcher:
                 )
         finally:
             runtime.draining = False
-            self._set_inactive(source)
+            if slept:  # cancelled in the drain (shutdown): still awake, still active
+                self._set_inactive(source)
+        return True
 
     async def _drain(self, runtime: _ModelRuntime, target: str | None) -> None:
         if not self.policy_config.drain_before_switch or runtime.in_flight == 0:
@@ -573,6 +624,7 @@ class Switcher:
         self._changed()
 
     def _changed(self) -> None:
+        self.changes += 1
         for callback in self.on_change:
             callback()
 
@@ -594,6 +646,9 @@ class Switcher:
             # Counted in flight before the handler even resumes: the next switch's
             # drain waits for these requests, so they cannot be starved by a thrash.
             waiter.future.set_result(self._admit(runtime))
+            waiter.released = True
+            self._starting += 1
+            self._all_started.clear()
             self.metrics.queue_wait.labels(model=runtime.config.id).observe(now - waiter.since)
         self.metrics.queue_depth.labels(model=runtime.config.id).set(0)
 

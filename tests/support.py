@@ -201,6 +201,7 @@ def two_model_switcher(
     *,
     clock: Callable[[], float] | None = None,
     ports: tuple[int, int] = (9101, 9102),
+    hook_delay: float = 0.0,
     **policy_options: Any,
 ) -> Switcher:
     """A Switcher over models alpha and beta whose hooks write to tmp_path/journal.log
@@ -208,7 +209,7 @@ def two_model_switcher(
     options name."""
     state = tmp_path / "state"
     state.mkdir(exist_ok=True)
-    hooks = hook_commands(tmp_path / "journal.log", state)
+    hooks = hook_commands(tmp_path / "journal.log", state, delay=hook_delay)
     models = {
         name: ModelConfig(
             id=name, port=port, wake=hooks["wake"], sleep=hooks["sleep"], alive=hooks["alive"]
@@ -338,9 +339,10 @@ def _listen_port(config_file: Path) -> int:
 
 @asynccontextmanager
 async def daemon_process(
-    config_file: Path, *, env: dict[str, str] | None = None
+    config_file: Path, *, env: dict[str, str] | None = None, healthy: bool = True
 ) -> AsyncIterator[DaemonProcess]:
-    """Start `python -m aiollmux run` on `config_file`; yield once /health answers."""
+    """Start `python -m aiollmux run` on `config_file`; yield once /health answers (at
+    once, if not `healthy`: to watch it start)."""
     port = _listen_port(config_file)
     log = config_file.with_suffix(".log")
     with log.open("wb") as stderr:
@@ -352,8 +354,9 @@ async def daemon_process(
         )  # fmt: skip
     daemon = DaemonProcess(process, f"http://127.0.0.1:{port}", log)
     try:
-        async with aiohttp.ClientSession() as client:
-            await _wait_healthy(client, daemon)
+        if healthy:
+            async with aiohttp.ClientSession() as client:
+                await _wait_healthy(client, daemon)
         yield daemon
     finally:
         if process.returncode is None:

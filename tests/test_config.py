@@ -775,3 +775,27 @@ def test_load_config_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path)
     assert str(info.value) == f"{tmp_path}: cannot read: Is a directory"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        (
+            '[models.m]\nport = 8001\nwake = "a\\u0000b"\nsleep = "x"\nalive = "x"\n',
+            "models.m.wake",
+        ),
+        ('[models."m\\u0000"]\nport = 8001\nwake = "x"\nsleep = "x"\nalive = "x"\n', "models"),
+        (
+            'api_keys = ["k\\u0000"]\n[models.m]\nport = 8001\nwake = "x"\nsleep = "x"\n'
+            'alive = "x"\n',
+            "api_keys[0]",
+        ),
+    ],
+    ids=["hook", "model-id", "list-item"],
+)
+def test_a_nul_character_is_refused(text: str, key: str) -> None:
+    # A hook could not be started with it (ValueError from exec, not an OSError).
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "x.toml")
+    assert info.value.key.startswith(key)
+    assert "NUL" in str(info.value)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from aiollmux.config import ModelConfig, PolicyConfig
-from aiollmux.errors import ServiceStopping, WakeFailed
+from aiollmux.errors import ModelNotFound, ServiceStopping, WakeFailed
 from aiollmux.policy import Decision, PolicyContext
 from aiollmux.switcher import MIN_RETRY_SECS, Switcher
 from tests.support import Journal, two_model_switcher, wait_for
@@ -240,5 +240,97 @@ async def test_a_policy_that_raises_is_asked_again_after_the_back_off(
         assert (guard.model, policy.calls) == ("alpha", 2)
         guard.release()
         assert "a bug in a user policy" in caplog.text
+    finally:
+        await switcher.close()
+
+
+async def test_without_drain_released_requests_start_before_the_next_sleep(
+    tmp_path: Path,
+) -> None:
+    # drain_before_switch = false skips waiting for requests in flight, but requests let
+    # out of a queue must still get under way before their model is marked draining and
+    # its sleep hook starts (DESIGN §4: the lock is held until they are in flight).
+    switcher = _switcher(tmp_path, hook_delay=0.2, drain_before_switch=False)
+    switcher.start()
+    seen: list[tuple[str, bool, tuple[str, str] | None]] = []
+
+    async def request(model: str) -> None:
+        guard = await switcher.acquire(model)
+        seen.append((model, switcher.models[model].draining, switcher.hook_running))
+        guard.release()
+
+    try:
+        beta = asyncio.create_task(request("beta"))
+        await wait_for(lambda: switcher.hook_running == ("beta", "wake"))
+        alpha = asyncio.create_task(request("alpha"))  # queued while beta wakes
+        await asyncio.gather(beta, alpha)
+        assert seen == [("beta", False, None), ("alpha", False, None)]
+    finally:
+        await switcher.close()
+
+
+async def test_an_admin_switch_to_a_model_removed_meanwhile_fails_with_404(
+    tmp_path: Path,
+) -> None:
+    switcher = _switcher(tmp_path, hook_delay=0.2)
+    switcher.start()
+    try:
+        first = asyncio.create_task(switcher.switch_to("alpha"))
+        await wait_for(lambda: switcher.hook_running == ("alpha", "wake"))
+        admin = asyncio.create_task(switcher.switch_to("beta"))  # queued behind it
+        await switcher.retire("beta")  # a reload removes beta
+        await first
+        with pytest.raises(ModelNotFound):
+            await asyncio.wait_for(admin, 10)
+        assert switcher.active == "alpha"  # not put to sleep for nothing
+        assert "start sleep alpha" not in Journal(tmp_path / "journal.log").lines()
+    finally:
+        await switcher.close()
+
+
+async def test_close_fails_the_admin_switch_under_way(tmp_path: Path) -> None:
+    switcher = _switcher(tmp_path, hook_delay=1.0)
+    switcher.start()
+    admin = asyncio.create_task(switcher.switch_to("alpha"))
+    await wait_for(lambda: switcher.hook_running == ("alpha", "wake"))
+    await switcher.close()
+    with pytest.raises(ServiceStopping):
+        await asyncio.wait_for(admin, 10)
+
+
+async def test_shutdown_during_a_drain_leaves_the_model_active(tmp_path: Path) -> None:
+    # So that sleep_on_shutdown still puts it to sleep: it is awake, with a stream.
+    switcher = _switcher(tmp_path)
+    switcher.start()
+    await switcher.switch_to("alpha")
+    stream = await switcher.acquire("alpha")
+    beta = asyncio.create_task(switcher.acquire("beta"))
+    await wait_for(lambda: switcher.models["alpha"].draining)
+    await switcher.close()
+    assert switcher.active == "alpha"
+    assert not switcher.models["alpha"].draining
+    stream.release()
+    with pytest.raises(ServiceStopping):
+        await beta
+
+
+async def test_an_idle_sleep_held_by_min_active_secs_is_dropped_if_a_request_came(
+    tmp_path: Path,
+) -> None:
+    switcher = _switcher(tmp_path, min_active_secs=0.5)
+    switcher.start()
+    try:
+        await switcher.switch_to("alpha")
+        quiet_since = switcher.last_activity
+        # What the health monitor's idle sleep asks for.
+        sleeping = asyncio.create_task(
+            switcher.switch_to(None, unless=lambda: switcher.last_activity != quiet_since)
+        )
+        await wait_for(lambda: switcher.switching is not None)  # waiting out min_active
+        guard = await switcher.acquire("alpha")  # traffic meanwhile
+        guard.release()
+        await sleeping
+        assert switcher.active == "alpha"
+        assert "start sleep alpha" not in Journal(tmp_path / "journal.log").lines()
     finally:
         await switcher.close()

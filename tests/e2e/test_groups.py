@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from tests.support import Lab, running_daemon
+import pytest
+
+from aiollmux.config import load_config
+from tests.support import Lab, running_daemon, wait_for
 
 GROUPS = """
 [groups.big]
@@ -76,3 +79,44 @@ async def test_concurrent_exclusive_groups_do_not_deadlock(lab: Lab) -> None:
             async with response:
                 assert (await response.json())["model"] == model
     assert lab.violations() == []
+
+
+@pytest.mark.parametrize("group_exists", [True, False], ids=["to-a-group", "to-a-new-group"])
+async def test_an_active_model_moved_to_another_group_is_slept_before_woken_there(
+    lab: Lab, group_exists: bool
+) -> None:
+    # The old group drains and sleeps it; only then may the new group wake it (before the
+    # fix, the new group woke it at once and the old group's sleep hook then stopped it
+    # under the new group's requests).
+    await lab.add_backends("a", "b")
+    path = lab.tmp / "llmux.toml"
+    text = lab.config_text(policy="[groups.g2]\n" if group_exists else "")
+    path.write_text(text)
+    async with running_daemon(load_config(path)) as daemon:
+        stream = await daemon.chat("a", stream=True, chunks=2, gate="g")
+        await stream.content.readuntil(b"\n\n")
+        moved = lab.config_text(policy="[groups.g2]\n", per_model={"a": {"group": "g2"}})
+        path.write_text(moved.replace(_port_line(moved), _port_line(text)))
+        async with daemon.client.post(f"{daemon.url}/admin/reload") as response:
+            assert (await response.json())["status"] == "applied"
+        waiting = asyncio.create_task(daemon.chat("a"))
+        await wait_for(lambda: daemon.mux.switchers["g2"].queued("a") == 1)
+        assert lab.journal.lines() == ["start wake a", "end wake a"]  # not woken again yet
+        lab.backends["a"].open_gate("g", 1)
+        assert (await stream.content.read()).endswith(b"data: [DONE]\n\n")
+        stream.close()
+        async with await waiting as response:
+            assert (await response.json())["model"] == "a"
+        assert lab.journal.lines()[2:] == [
+            "start sleep a",
+            "end sleep a",
+            "start wake a",
+            "end wake a",
+        ]
+        assert (await daemon.status())["groups"]["g2"]["active_model"] == "a"
+    assert lab.violations() == []
+
+
+def _port_line(text: str) -> str:
+    [line] = [line for line in text.splitlines() if line.startswith("port = ")][:1]
+    return line

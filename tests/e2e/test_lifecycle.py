@@ -6,7 +6,9 @@ import asyncio
 import logging
 import signal
 import socket
+import sys
 import time
+import tomllib
 from pathlib import Path
 
 import aiohttp
@@ -245,3 +247,42 @@ async def test_config_warnings_are_logged_at_start(lab: Lab) -> None:
         [warning] = [e for e in daemon.events() if e.get("event") == "config_warning"]
         assert warning["level"] == "warning"
         assert "policy.request_timeout_secs: 5 s is shorter than" in warning["message"]
+
+
+async def test_sighup_while_starting_is_ignored_not_fatal(lab: Lab) -> None:
+    # SIGHUP's default action ends a process: before the handler was installed at start,
+    # a reload asked for during adoption killed the daemon and orphaned the hook.
+    await lab.add_backends("alpha")
+    go, journal = lab.tmp / "go", lab.journal.path
+    alive = f"echo 'probe alpha' >> {journal}; while [ ! -e {go} ]; do sleep 0.02; done; exit 1"
+    config = _write_config(lab, hooks={"alpha": {"alive": alive}})
+    async with daemon_process(config, healthy=False) as daemon:
+        await wait_for(lambda: "probe alpha" in lab.journal.lines())  # adoption under way
+        daemon.process.send_signal(signal.SIGHUP)
+        await wait_for(lambda: "sighup_ignored" in daemon.event_names())
+        go.touch()
+        await wait_for(lambda: "listening" in daemon.event_names())
+        assert daemon.process.returncode is None
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.process.wait(), 20) == 0
+
+
+async def test_a_taken_port_stops_the_daemon_before_any_hook_runs(lab: Lab) -> None:
+    # A second instance on the same port must not probe (or sleep, with
+    # sleep_on_shutdown) the models the first one serves.
+    await lab.add_backends("alpha")
+    journal = lab.journal.path
+    hooks = {"alpha": {"alive": f"echo 'probe alpha' >> {journal}; exit 0"}}
+    config = _write_config(lab, top="sleep_on_shutdown = true", hooks=hooks)
+    port = tomllib.loads(config.read_text())["port"]
+    with socket.socket() as first:
+        first.bind(("127.0.0.1", port))
+        first.listen()
+        run = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "aiollmux", "run", "-c", str(config),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, stderr = await asyncio.wait_for(run.communicate(), 30)
+    assert run.returncode == 1
+    assert "Address already in use" in stderr.decode()
+    assert lab.journal.lines() == []  # no alive probe, no sleep hook

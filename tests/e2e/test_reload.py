@@ -234,3 +234,22 @@ async def test_forced_polling_sees_edits(lab: Lab, monkeypatch: pytest.MonkeyPat
         os.utime(path, (later, later))
         await wait_for(lambda: daemon.mux.generation == 2)
         assert _served(daemon) == ["alpha", "beta"]
+
+
+async def test_a_symlink_loop_does_not_stop_the_watcher(lab: Lab) -> None:
+    # Path.resolve() raises RuntimeError (not OSError) on a loop on Python 3.11: the
+    # watcher task died of it, and edits were ignored from then on.
+    await lab.add_backends("alpha")
+    real, path = lab.tmp / "real.toml", lab.tmp / "llmux.toml"
+    text = lab.config_text()
+    real.write_text(text)
+    path.symlink_to("real.toml")
+    async with running_daemon(load_config(path)) as daemon:
+        path.unlink()
+        path.symlink_to("llmux.toml")  # a mistake: the link points at itself
+        await wait_for(lambda: daemon.mux.last_reload_error is not None)
+        path.unlink()
+        path.symlink_to("real.toml")  # fixed, and then edited: seen by the watcher
+        real.write_text(text + "\n# an edit\n")
+        await wait_for(lambda: daemon.mux.generation == 2)
+        assert daemon.mux.last_reload_error is None
