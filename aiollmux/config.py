@@ -23,6 +23,9 @@ from aiollmux.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
+# TOML integers are 64-bit; tomllib reads larger ones, which float() and str() choke on.
+_INT64: Final = range(-(2**63), 2**63)
+
 DEFAULT_PATH: Final = "llmux.toml"
 DEFAULT_GROUP: Final = "default"
 BUILTIN_POLICIES: Final = ("fifo", "cost-aware")
@@ -197,8 +200,7 @@ class _Table:
             return default
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(name, f"expected a number, got {_describe(value)}")
-        if isinstance(value, int) and not -(2**63) <= value < 2**63:
-            # TOML integers are 64-bit; tomllib accepts more, and float() would overflow.
+        if isinstance(value, int) and value not in _INT64:
             raise self.error(name, "expected a number, got an integer beyond 64 bits")
         if not math.isfinite(value):
             raise self.error(name, f"expected a finite number, got {value}")
@@ -225,7 +227,7 @@ class _Table:
             return default
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.error(name, f"expected {expected}, got {_describe(value)}")
-        if not -(2**63) <= value < 2**63:
+        if value not in _INT64:
             raise self.error(name, f"expected {expected}, got an integer beyond 64 bits")
         if not low <= value <= high:
             raise self.error(name, f"expected {expected}, got {value}")
@@ -269,7 +271,7 @@ def _describe(value: object) -> str:
     if isinstance(value, str):
         return f"the string {value!r}"
     if isinstance(value, int):
-        if not -(2**63) <= value < 2**63:  # str() of a huge one may even raise
+        if value not in _INT64:
             return "an integer beyond 64 bits"
         return f"the whole number {value}"
     if isinstance(value, float):

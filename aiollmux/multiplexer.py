@@ -52,8 +52,7 @@ class Multiplexer:
         self, group: str, config: Config, policy: Policy, skip: Collection[str] = ()
     ) -> None:
         """A switcher and a monitor for `group`; `skip`: models added later (moved in)."""
-        members = {m.id: m for m in config.models.values() if m.group == group}
-        members = {name: m for name, m in members.items() if name not in skip}
+        members = {m.id: m for m in config.models.values() if m.group == group and m.id not in skip}
         switcher = Switcher(
             group=group,
             models=members,

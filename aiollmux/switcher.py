@@ -519,8 +519,8 @@ class Switcher:
 
     async def _put_to_sleep(
         self, source: str, target: str | None, unless: Callable[[], bool] | None = None
-    ) -> bool:
-        """Drain and sleep `source`; False if `unless` became true before it began."""
+    ) -> None:
+        """Drain and sleep `source`, unless `unless` has become true before it began."""
         runtime = self.models[source]
         remaining = self.policy_config.min_active_secs - (self.clock() - self.activated_at)
         if remaining > 0:
@@ -528,7 +528,7 @@ class Switcher:
         # Requests just let in must be on their way before the model is marked draining.
         await self._all_started.wait()
         if unless is not None and unless():
-            return False
+            return
         runtime.draining = True
         slept = False
         try:
@@ -546,7 +546,6 @@ class Switcher:
             runtime.draining = False
             if slept:  # cancelled in the drain (shutdown): still awake, still active
                 self._set_inactive(source)
-        return True
 
     async def _drain(self, runtime: _ModelRuntime, target: str | None) -> None:
         if not self.policy_config.drain_before_switch or runtime.in_flight == 0:
