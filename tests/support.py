@@ -15,7 +15,7 @@ import socket
 import sys
 import textwrap
 import tomllib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,17 +70,21 @@ class Journal:
     def count(self, line: str) -> int:
         return self.lines().count(line)
 
-    def assert_no_overlap(self) -> None:
-        """At most one wake/sleep hook ran at a time (alive hooks are not journalled)."""
-        running: str | None = None
+    def assert_no_overlap(self, groups: Mapping[str, str] | None = None) -> None:
+        """At most one wake/sleep hook ran at a time per GPU group (`groups`: model →
+        group, for models outside `default`; alive hooks are not journalled)."""
+        running: dict[str, str] = {}
         for line in self.lines():
             edge, rest = line.split(" ", 1)
+            group = (groups or {}).get(rest.split(" ", 1)[-1], "default")
             if edge == "start":
-                assert running is None, f"{rest!r} started while {running!r} ran"
-                running = rest
+                assert group not in running, f"{rest!r} started while {running[group]!r} ran"
+                running[group] = rest
             elif edge == "end":
-                assert running == rest, f"{rest!r} ended while {running!r} ran"
-                running = None
+                assert running.get(group) == rest, (
+                    f"{rest!r} ended while {running.get(group)!r} ran"
+                )
+                del running[group]
 
 
 @dataclass
@@ -383,6 +387,11 @@ class Lab:
 
     tmp: Path
     backends: dict[str, FakeBackend] = field(default_factory=dict)
+    # The `lab` fixture checks the invariants at teardown; a test that provokes a
+    # violation on purpose (and asserts it) says so here.
+    expect_violations: bool = False
+    expect_hook_overlap: bool = False
+    groups: dict[str, str] = field(default_factory=dict)  # model → group, from config_text
 
     @property
     def journal(self) -> Journal:
@@ -423,11 +432,21 @@ class Lab:
             port = (ports or {}).get(model) or self.backends[model].port
             commands = hook_commands(self.journal.path, self.state_dir, delay=hook_delay)
             commands.update((hooks or {}).get(model, {}))
+            group = (per_model or {}).get(model, {}).get("group")
+            if isinstance(group, str):
+                self.groups[model] = group
             text += model_table(model, port, commands, **(per_model or {}).get(model, {}))
         return text
 
     def violations(self) -> list[str]:
         return [v for backend in self.backends.values() for v in backend.violations]
+
+    def check_invariants(self) -> None:
+        """No request reached a sleeping backend; no two wake/sleep hooks overlapped."""
+        if not self.expect_violations:
+            assert self.violations() == []
+        if not self.expect_hook_overlap:
+            self.journal.assert_no_overlap(self.groups)
 
     async def close(self) -> None:
         for backend in self.backends.values():
