@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -165,6 +165,7 @@ async def test_sleep_hook_failure_is_logged_and_switch_goes_on(
     assert lab.violations() == []
 
 
-def test_pid_helper_sees_live_process() -> None:
+def test_pid_helper_tells_a_live_process_from_a_reaped_one() -> None:
     assert not _pid_gone(os.getpid())
-    assert Path("/proc/self/stat").exists()
+    child = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
+    assert _pid_gone(int(child.stdout))  # exited and reaped
