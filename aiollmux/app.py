@@ -27,6 +27,7 @@ from aiollmux.errors import (
     error_body,
     shape_of,
 )
+from aiollmux.memory import LARGE_BODY_BYTES, HeapTrimmer
 from aiollmux.metrics import CONTENT_TYPE, Metrics
 from aiollmux.multiplexer import Multiplexer
 from aiollmux.proxy import ClientGone, Proxy
@@ -39,6 +40,7 @@ MULTIPLEXER = web.AppKey("multiplexer", Multiplexer)
 PROXY = web.AppKey("proxy", Proxy)
 METRICS = web.AppKey("metrics", Metrics)
 RELOADER = web.AppKey("reloader", Reloader)
+TRIMMER = web.AppKey("trimmer", HeapTrimmer)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -196,6 +198,8 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         raise
     finally:
         metrics.request_finished(model.id, status, time.monotonic() - started)
+        if len(body) >= LARGE_BODY_BYTES:
+            request.app[TRIMMER].large_body_done()
 
 
 async def health(request: web.Request) -> web.Response:
@@ -296,6 +300,7 @@ def build_app(
     mux = app[MULTIPLEXER] = Multiplexer(config, metrics)
     app[RELOADER] = Reloader(mux, Path(config.source), watch=watch)
     app[PROXY] = Proxy()
+    app[TRIMMER] = HeapTrimmer()
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_stop_switching)
     routes: list[tuple[str, str, Handler]] = [
@@ -328,6 +333,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await reloader.close()
         await mux.close(sleep_active=mux.config.sleep_on_shutdown and mux.served)
         await proxy.close()
+        app[TRIMMER].close()
 
 
 async def _stop_switching(app: web.Application) -> None:

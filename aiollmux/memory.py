@@ -10,14 +10,18 @@ costs more than the routing and the copy together (`benchmarks/`: an 8 MiB body 
 Bodies up to 16 MiB come from the heap, and up to 32 MiB of free heap is kept for the
 next one; larger ones are mapped and unmapped as before. A user's own
 `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` wins: then nothing is changed.
+Once a burst of large bodies is over, `HeapTrimmer` gives the kept heap back, so the
+idle daemon does not keep the burst's memory.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import platform
 import sys
+from collections.abc import Callable
 
 # mallopt(3) parameters (malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -25,6 +29,8 @@ _M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD = 16 * 1024 * 1024
 TRIM_THRESHOLD = 32 * 1024 * 1024
 _USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+LARGE_BODY_BYTES = 1024 * 1024  # a body this large ends a burst's quiet period anew
+TRIM_AFTER_SECS = 2.0
 
 
 def tune_allocator() -> bool:
@@ -43,3 +49,56 @@ def tune_allocator() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
+
+
+def malloc_trim() -> bool:
+    """Give the free memory at the top of glibc's heaps back to the kernel; False where
+    there is no glibc (nothing to do)."""
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # pragma: no cover - glibc always has it
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim.restype = ctypes.c_int
+    return bool(trim(0))
+
+
+class HeapTrimmer:
+    """Keep the heap through a burst of large bodies, give it back after one.
+
+    The thresholds above keep up to 32 MiB of freed heap for the next large body; once no
+    large body has finished for `delay` seconds the burst is over, and that memory goes back
+    (one `malloc_trim` per burst), so an idle daemon's RSS returns to where it started.
+    """
+
+    def __init__(
+        self, delay: float = TRIM_AFTER_SECS, trim: Callable[[], bool] = malloc_trim
+    ) -> None:
+        self.delay = delay
+        self.trims = 0  # bursts ended (status and tests)
+        self._trim = trim
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def large_body_done(self) -> None:
+        """A request with a large body ended: trim `delay` after the last one."""
+        loop = asyncio.get_running_loop()
+        self._due = loop.time() + self.delay
+        if self._handle is None:
+            self._handle = loop.call_at(self._due, self._fire)
+
+    def _fire(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._due:  # another large body ended meanwhile: still a burst
+            self._handle = loop.call_at(self._due, self._fire)
+            return
+        self._handle = None
+        self.trims += 1
+        self._trim()
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None

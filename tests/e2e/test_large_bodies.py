@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from tests.support import Lab, running_daemon
+from aiollmux.app import TRIMMER
+from tests.support import Lab, running_daemon, wait_for
 
 LAYOUTS = ["model first", "SDK order", "model in the middle"]
 
@@ -31,3 +32,21 @@ async def test_large_prompt_is_routed_and_forwarded_byte_for_byte(lab: Lab, layo
         assert response.status == 200
         assert (await response.json())["model"] == "alpha"
     assert lab.backends["alpha"].requests[-1]["body"] == body
+
+
+async def test_the_heap_kept_for_a_burst_of_large_bodies_is_given_back_after_it(
+    lab: Lab,
+) -> None:
+    await lab.add_backends("alpha")
+    body = json.dumps({"model": "alpha", "prompt": "x" * (2 * 1024 * 1024)}).encode()
+    async with running_daemon(lab.config()) as daemon:
+        trimmer = daemon.app[TRIMMER]
+        for _ in range(3):  # one burst
+            url = f"{daemon.url}/v1/completions"
+            async with daemon.client.post(url, data=io.BytesIO(body)) as response:
+                assert response.status == 200
+        assert trimmer.trims == 0  # not while the burst may go on
+        await wait_for(lambda: trimmer.trims == 1, within=10)
+        async with await daemon.chat("alpha") as response:  # a small body ends no burst
+            assert response.status == 200
+        assert trimmer.trims == 1
