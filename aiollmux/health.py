@@ -35,7 +35,7 @@ class HealthMonitor:
 
     def start(self) -> None:
         if self._task is None and (self.alive_interval > 0 or self.idle_sleep > 0):
-            self.switcher.on_change.append(self._soon.set)
+            self.switcher.subscribe(self._soon.set)
             self._task = asyncio.create_task(self._run(), name=f"health-{self.switcher.group}")
 
     async def close(self) -> None:
@@ -127,8 +127,7 @@ class HealthMonitor:
             self._next_check = switcher.clock() + self.alive_interval
             return
         changes = switcher.changes
-        config = switcher.models[model].config
-        result = await switcher.hooks.run(config, "alive", switcher.base_dir, report=False)
+        result = await switcher.probe_alive(model)
         if switcher.active != model or switcher.changes != changes or switcher.is_busy():
             # The world moved on while the hook ran (a switch began, say: the backend may
             # be going to sleep): the answer is moot, and is not counted as a failure.

@@ -19,6 +19,7 @@ from aiollmux.health import HealthMonitor
 from aiollmux.hooks import HookRunner
 from aiollmux.metrics import Metrics
 from aiollmux.policy import Policy, load_policy
+from aiollmux.status import status_document
 from aiollmux.switcher import InFlightGuard, Switcher
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class Multiplexer:
     def _set_gate(self, group: str, config: Config) -> None:
         settings = config.groups.get(group)
         exclusive = settings is not None and settings.exclusive
-        self.switchers[group].exclusive_gate = self.exclusive_gate if exclusive else None
+        self.switchers[group].set_exclusive_gate(self.exclusive_gate if exclusive else None)
 
     def _retire(self, switcher: Switcher, model: str) -> asyncio.Task[None]:
         task = asyncio.create_task(switcher.retire(model), name=f"retire-{model}")
@@ -188,8 +189,8 @@ class Multiplexer:
         await self.stop_switching()
         if sleep_active:
             for switcher in self.switchers.values():
-                if switcher.active is not None:
-                    model = switcher.models[switcher.active].config
+                for name in switcher.awake:
+                    model = switcher.model_config(name)
                     await self.hooks.run(model, "sleep", self.config.base_dir)
         await self.hooks.close()
 
@@ -212,64 +213,8 @@ class Multiplexer:
         return switcher.try_admit(model.id) or await switcher.acquire(model.id)
 
     def status(self) -> dict[str, Any]:
-        groups = {
-            name: {
-                "state": s.state(),
-                "active_model": s.active,
-                "switching": None
-                if s.switching is None
-                else {"from": s.switching.source, "to": s.switching.target},
-            }
-            for name, s in self.switchers.items()
-        }
-        models = {}
-        for model in sorted(self.config.models.values(), key=lambda m: m.id):
-            switcher = self.switcher_for(model)
-            models[model.id] = {
-                "port": model.port,
-                "group": model.group,
-                "aliases": list(model.aliases),
-                "in_flight": switcher.in_flight(model.id),
-                "queued": switcher.queued(model.id),
-                "state": switcher.model_status(model.id),
-            }
-        # Removed from the configuration but still draining or being put to sleep.
-        for switcher in self.switchers.values():
-            for name, runtime in switcher.models.items():
-                if name not in models and runtime.retired:
-                    models[name] = {
-                        "port": runtime.config.port,
-                        "group": switcher.group,
-                        "aliases": [],
-                        "in_flight": switcher.in_flight(name),
-                        "queued": switcher.queued(name),
-                        "state": switcher.model_status(name),
-                        "removed": True,
-                    }
-        default = groups["default"]
-        return {
-            "state": default["state"],
-            "active_model": default["active_model"],
-            "switching": default["switching"],
-            "groups": groups,
-            "models": models,
-            "switch_costs": [
-                {"from": a, "to": b, "seconds": round(e.seconds, 3), "samples": e.samples}
-                for a, b, e in self.costs.items()
-            ],
-            "config": {
-                "path": self.config.source,
-                "generation": self.generation,
-                "loaded_at": self.loaded_at.isoformat(timespec="seconds"),
-                "last_reload_error": self.last_reload_error,
-                "restart_required": self.restart_required,
-            },
-            # For leak hunting (the soak test reads it): both settle back after traffic.
-            "runtime": {
-                "asyncio_tasks": len(asyncio.all_tasks()),
-                "hooks_running": self.hooks.running,
-            },
-        }
+        """The whole `/admin/status` document (aiollmux.status builds it)."""
+        return status_document(self)
 
 
 class _ExclusiveGate:
