@@ -9,12 +9,16 @@ handlers have not resumed yet (docs/design.md, "admission").
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiollmux.config import ModelConfig
 from aiollmux.metrics import Metrics
+
+# The time constant of a member's recent demand (requests taken, exponentially decayed).
+DEMAND_SECS = 300.0
 
 
 class InFlightGuard:
@@ -70,6 +74,8 @@ class Member:
     arrival: asyncio.Future[None] | None = None
     last_activity: float = 0.0  # when a request last started or ended on it
     forgotten: bool = False  # deleted from its group: late releases change nothing
+    _demand: float = 0.0
+    _demand_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.idle.set()
@@ -96,8 +102,14 @@ class Member:
             return  # already taken off the queue by a release or a failure
         self.metrics.queue_depth.labels(model=self.model).set(len(self.waiters))
 
+    def demand(self, now: float) -> float:
+        """Requests taken recently: each counts 1, fading with a `DEMAND_SECS` constant."""
+        return self._demand * math.exp((self._demand_at - now) / DEMAND_SECS)
+
     def admit(self) -> InFlightGuard:
-        self.last_activity = self.clock()
+        now = self.last_activity = self.clock()
+        self._demand = self.demand(now) + 1.0
+        self._demand_at = now
         guard = InFlightGuard(self)
         self.in_flight += 1
         self.guards.add(guard)

@@ -63,6 +63,7 @@ class Multiplexer:
             costs=self.costs,
             metrics=self.metrics,
             base_dir=config.base_dir,
+            settings=config.groups[group],
         )
         monitor = HealthMonitor(
             switcher,
@@ -99,9 +100,16 @@ class Multiplexer:
             policy = load_policy(new.policy, new.source)
             if group not in self.switchers:
                 self._add_group(group, new, policy, skip=moved)
-            elif policy_changed or new.base_dir != old.base_dir:
+            elif (
+                policy_changed
+                or new.base_dir != old.base_dir
+                or new.groups[group] != old.groups.get(group)
+            ):
                 self.switchers[group].configure(
-                    policy_config=new.policy, policy=policy, base_dir=new.base_dir
+                    policy_config=new.policy,
+                    policy=policy,
+                    base_dir=new.base_dir,
+                    settings=new.groups[group],
                 )
         for group in self.switchers:
             self._set_gate(group, new)
@@ -137,7 +145,8 @@ class Multiplexer:
         """Find models already awake (a restart of aiollmux, not of the box) (DESIGN §7).
 
         Exactly one alive in a group: it becomes active without running its wake hook.
-        Several: all are put to sleep, because which one owns the GPU is unknown.
+        Several: all are put to sleep, because which one owns the GPU is unknown; in a
+        group with a memory budget they are all adopted if together they fit (DESIGN §8).
         """
         probes = asyncio.Semaphore(_PROBE_CONCURRENCY)
 
@@ -151,13 +160,14 @@ class Multiplexer:
             logger.info("no model is awake at start", extra={"event": "startup_idle"})
         for group, switcher in self.switchers.items():
             awake = [m for m, ok in zip(models, answers, strict=True) if ok and m.group == group]
-            if len(awake) == 1:
-                switcher.adopt(awake[0].id)
-                logger.info(
-                    "model %r is already awake; adopted as active without waking it",
-                    awake[0].id,
-                    extra={"event": "model_adopted", "model": awake[0].id, "group": group},
-                )
+            if len(awake) == 1 or (awake and _fits(awake, switcher.memory_gb)):
+                for model in awake:
+                    switcher.adopt(model.id)
+                    logger.info(
+                        "model %r is already awake; adopted as active without waking it",
+                        model.id,
+                        extra={"event": "model_adopted", "model": model.id, "group": group},
+                    )
             elif awake:
                 names = ", ".join(m.id for m in awake)
                 logger.warning(
@@ -195,9 +205,9 @@ class Multiplexer:
         await self.hooks.close()
 
     def backend_failed(self, model: ModelConfig) -> None:
-        """A request to `model` got no answer: if it is active, check it is alive now."""
-        if self.switcher_for(model).active == model.id:
-            self.monitors[model.group].check_soon()
+        """A request to `model` got no answer: if it is awake, check it is alive now."""
+        if model.id in self.switcher_for(model).awake:
+            self.monitors[model.group].check_soon(model.id)
 
     def resolve(self, name: str) -> ModelConfig:
         model = self.config.resolve(name)
@@ -215,6 +225,12 @@ class Multiplexer:
     def status(self) -> dict[str, Any]:
         """The whole `/admin/status` document (aiollmux.status builds it)."""
         return status_document(self)
+
+
+def _fits(models: list[ModelConfig], budget: float | None) -> bool:
+    if budget is None:
+        return False
+    return sum(m.memory_gb or 0.0 for m in models) <= budget
 
 
 class _ExclusiveGate:

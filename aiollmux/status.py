@@ -26,6 +26,7 @@ def status_document(mux: Multiplexer) -> dict[str, Any]:
             "group": model.group,
             "aliases": list(model.aliases),
             **_counts(member),
+            "memory_gb": model.memory_gb,
         }
     # Removed from the configuration but still draining or being put to sleep.
     for view in views.values():
@@ -36,6 +37,7 @@ def status_document(mux: Multiplexer) -> dict[str, Any]:
                     "group": view.group,
                     "aliases": [],
                     **_counts(member),
+                    "memory_gb": member.config.memory_gb,
                     "removed": True,
                 }
     default = groups["default"]
@@ -72,7 +74,14 @@ def _group(view: GroupView) -> dict[str, Any]:
         "switching": None
         if switching is None
         else {"from": switching.source, "to": switching.target},
+        "memory_gb": view.memory_gb,
+        "memory_used_gb": _gb(view.memory_used_gb),
+        "active_models": list(view.active_models),
     }
+
+
+def _gb(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _counts(member: MemberView) -> dict[str, Any]:

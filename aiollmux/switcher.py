@@ -20,12 +20,21 @@ from types import MappingProxyType
 from typing import Literal, NamedTuple, Protocol
 
 from aiollmux.admission import InFlightGuard, Member, StartingRequests, abandon
-from aiollmux.config import ModelConfig, PolicyConfig
+from aiollmux.config import GroupConfig, ModelConfig, PolicyConfig
 from aiollmux.cost import IDLE, SwitchCosts
 from aiollmux.errors import ModelNotFound, ModelTimeout, QueueFull, ServiceStopping, WakeFailed
+from aiollmux.free_memory import wait_for_free_memory
 from aiollmux.hooks import HookResult, HookRunner
 from aiollmux.metrics import Metrics
-from aiollmux.policy import Policy, PolicyContext, QueueView, next_ask
+from aiollmux.policy import (
+    Decision,
+    Policy,
+    PolicyContext,
+    QueueView,
+    VictimView,
+    next_ask,
+    victim_order,
+)
 
 __all__ = [
     "BACKOFF_SECS",
@@ -60,6 +69,7 @@ class _ForcedSwitch(NamedTuple):
     target: str | None
     done: asyncio.Future[None]
     unless: Callable[[], bool] | None
+    only: str | None = None  # with target None: put only this member to sleep
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +87,7 @@ class MemberView:
     in_flight: int
     queued: int
     retired: bool
+    last_activity: float  # when a request last started or ended on it (or it woke)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,11 +100,14 @@ class GroupView:
     active_models: tuple[str, ...]  # awake members, most recently activated last
     switching: Transition | None
     members: Mapping[str, MemberView]
+    memory_gb: float | None  # the budget; None: one member awake at a time
+    memory_used_gb: float | None  # awake members' and the waking one's; None: not declared
 
 
 class Switcher:
     """Keeps a group's awake members and routes requests to them: one member awake at a
-    time; a switch drains and sleeps it before the next wakes."""
+    time, or as many as fit in the group's memory budget (DESIGN §8); a switch drains and
+    sleeps what must make room before the target wakes."""
 
     def __init__(
         self,
@@ -106,9 +120,11 @@ class Switcher:
         costs: SwitchCosts,
         metrics: Metrics,
         base_dir: Path,
+        settings: GroupConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._group = group
+        self._settings = settings if settings is not None else GroupConfig(name=group)
         self._policy_config = policy_config
         self._policy = policy
         self._hooks = hooks
@@ -123,6 +139,9 @@ class Switcher:
         self._awake: dict[str, float] = {}
         self._switching: Transition | None = None
         self._hook_running: tuple[str, str] | None = None  # (model, hook) while one runs
+        # Woken now: its memory counts from its wake's start (and free-memory probe) to the
+        # end of the wake, or of the clean-up sleep after a failed wake.
+        self._occupying: str | None = None
         self._backoff_until = 0.0
         self._idle_since = clock()
         self._kick = asyncio.Event()
@@ -141,6 +160,7 @@ class Switcher:
         self._closed = False
         for config in models.values():
             self._add_member(config)
+        self._memory_changed()
 
     # -- views -------------------------------------------------------------------------
 
@@ -198,6 +218,35 @@ class Switcher:
         return self._idle_since if active is None else self._members[active].last_activity
 
     @property
+    def settings(self) -> GroupConfig:
+        return self._settings
+
+    @property
+    def memory_gb(self) -> float | None:
+        """The group's memory budget; None: one member awake at a time."""
+        return self._settings.memory_gb
+
+    def memory_used_gb(self) -> float | None:
+        """What the awake members (and the one being woken) occupy; None if one of them
+        declares no `memory_gb`."""
+        used = 0.0
+        for name in self._occupants():
+            size = self._members[name].config.memory_gb
+            if size is None:
+                return None
+            used += size
+        return used
+
+    def _occupants(self) -> list[str]:
+        names = [name for name in self._awake if name in self._members]
+        if self._occupying is not None and self._occupying not in self._awake:
+            names.append(self._occupying)
+        return names
+
+    def member_last_activity(self, model: str) -> float:
+        return self._members[model].last_activity
+
+    @property
     def changes(self) -> int:
         """How often the awake set changed."""
         return self._changes
@@ -231,11 +280,21 @@ class Switcher:
     def queued(self, model: str) -> int:
         return self._members[model].queued
 
-    def is_busy(self) -> bool:
-        """Requests in flight or queued anywhere in the group, or a switch under way."""
-        return self._switching is not None or any(
-            m.in_flight or m.waiters for m in self._members.values()
+    def is_busy(self, model: str | None = None) -> bool:
+        """Requests in flight or queued anywhere in the group, or a switch under way.
+
+        With `model`, in a group with a memory budget: that member has requests, or is
+        being put to sleep or woken (the others' traffic does not concern it)."""
+        if model is None or self.memory_gb is None:
+            return self._switching is not None or any(
+                m.in_flight or m.waiters for m in self._members.values()
+            )
+        member = self._members.get(model)
+        moving = self._switching is not None and model in (
+            self._switching.source,
+            self._switching.target,
         )
+        return member is None or bool(member.in_flight or member.waiters) or moving
 
     def snapshot(self) -> GroupView:
         members = {
@@ -245,6 +304,7 @@ class Switcher:
                 in_flight=member.in_flight,
                 queued=member.queued,
                 retired=member.retired,
+                last_activity=member.last_activity,
             )
             for name, member in self._members.items()
         }
@@ -255,6 +315,8 @@ class Switcher:
             active_models=self.awake,
             switching=self._switching,
             members=MappingProxyType(members),
+            memory_gb=self.memory_gb,
+            memory_used_gb=self.memory_used_gb(),
         )
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -309,11 +371,22 @@ class Switcher:
 
     # -- reconfiguration (DESIGN §6) ---------------------------------------------------
 
-    def configure(self, *, policy_config: PolicyConfig, policy: Policy, base_dir: Path) -> None:
-        """A reload: the next decision uses the new policy, the next hook the new dir."""
+    def configure(
+        self,
+        *,
+        policy_config: PolicyConfig,
+        policy: Policy,
+        base_dir: Path,
+        settings: GroupConfig | None = None,
+    ) -> None:
+        """A reload: the next decision uses the new policy, the next hook the new dir; a
+        lowered budget puts members to sleep until the group fits (DESIGN §8)."""
         self._policy_config = policy_config
         self._policy = policy
         self._base_dir = base_dir
+        if settings is not None:
+            self._settings = settings
+        self._memory_changed()
         self._kick.set()
 
     def put_model(self, config: ModelConfig, *, after: asyncio.Future[None] | None = None) -> None:
@@ -325,6 +398,8 @@ class Switcher:
             # Back before its retirement finished: keep the member (and its guards).
             member.config = config
             member.retired = False
+            self._memory_changed()
+            self._kick.set()  # a larger memory_gb may no longer fit
             return
         self._add_member(config, after)
 
@@ -354,8 +429,8 @@ class Switcher:
         member.fail_waiters(lambda: ModelNotFound(message))
         waking = self._switching is not None and self._switching.target == model
         if model in self._awake or waking:
-            await self.switch_to(
-                None, unless=lambda: model not in self._awake or not member.retired
+            await self.put_to_sleep(
+                model, unless=lambda: model not in self._awake or not member.retired
             )
         if self._members.get(model) is member and member.retired:
             del self._members[model]
@@ -438,9 +513,19 @@ class Switcher:
         self._kick.set()
         await done
 
+    async def put_to_sleep(self, model: str, *, unless: Callable[[], bool] | None = None) -> None:
+        """Drain and sleep one member if it is awake (an admin sleep of a model, idle
+        sleep, a removal); ordered with the group's switches like `switch_to`."""
+        if self._closed:
+            raise ServiceStopping("aiollmux is shutting down")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._forced.append(_ForcedSwitch(None, done, unless, model))
+        self._kick.set()
+        await done
+
     def mark_lost(self, model: str) -> bool:
         """An awake model died on its own: forget it without running its sleep hook."""
-        if model not in self._members or model not in self._awake or self.is_busy():
+        if model not in self._members or model not in self._awake or self.is_busy(model):
             return False
         self._set_inactive(model)
         self._kick.set()
@@ -467,6 +552,7 @@ class Switcher:
     async def _step(self) -> None:
         while self._forced:
             await self._carry_out(self._forced.popleft())
+        await self._make_fit()
         for model in self.awake:
             member = self._members.get(model)
             if member is not None and member.waiters and not member.draining:
@@ -478,7 +564,11 @@ class Switcher:
         if now < self._backoff_until:
             self._retry_at(self._backoff_until)
             return
-        decision = self._policy.decide(context)
+        if self._fits_now(context.target):
+            # Waking it puts nothing to sleep: no one gains from waiting (DESIGN §8).
+            decision = Decision.switch(context.target)
+        else:
+            decision = self._policy.decide(context)
         target = decision.target
         if (
             decision.action == "switch"
@@ -497,10 +587,13 @@ class Switcher:
 
     async def _carry_out(self, item: _ForcedSwitch) -> None:
         self._forced_now = item
-        target, done, unless = item
+        target, done, unless, only = item
         try:
             if unless is not None and unless():
                 error: Exception | None = None
+            elif only is not None:
+                await self._sleep_one(only, unless)
+                error = None
             else:
                 error = await self._forced_switch(target, unless)
         except ModelNotFound as exc:  # removed by a reload while it waited for the lock
@@ -565,6 +658,83 @@ class Switcher:
         failure = await self._switch(target)
         return None if failure is None else WakeFailed(failure)
 
+    async def _sleep_one(self, model: str, unless: Callable[[], bool] | None) -> None:
+        async with self._hook_lock:
+            if model not in self._awake:
+                return
+            self._switching = Transition(model, None)
+            try:
+                await self._put_to_sleep(model, None, unless)
+            finally:
+                self._switching = None
+
+    async def _make_fit(self) -> None:
+        """After a reload: put members to sleep (policy order) until the group fits its
+        budget again; without a budget, keep only the most recently activated one."""
+        while self._over_budget():
+            async with self._hook_lock:
+                victims = self._victims(None)
+                if not victims:
+                    return
+                self._switching = Transition(victims[0], None)
+                try:
+                    await self._put_to_sleep(victims[0], None)
+                finally:
+                    self._switching = None
+
+    def _over_budget(self) -> bool:
+        budget = self.memory_gb
+        if budget is None:
+            return len(self._awake) > 1
+        used = self.memory_used_gb()
+        return used is not None and used > budget
+
+    def _victims(self, target: str | None) -> list[str]:
+        """Awake members to put to sleep so that `target` (None: nothing) fits, in the
+        order to sleep them: the policy's order, idle members before busy ones, only as
+        many as needed (DESIGN §8). Without a budget: every other awake member."""
+        awake = [name for name in self._awake if name != target and name in self._members]
+        budget = self.memory_gb
+        if budget is None:
+            keep = 0 if target is not None else 1  # an over-full group keeps its newest
+            return awake[: len(awake) - keep] if keep else awake
+        needed = self._memory_of(target) + (self.memory_used_gb() or 0.0) - budget
+        if needed <= 1e-9:
+            return []
+        now = self._clock()
+        views = [
+            VictimView(
+                model=name,
+                memory_gb=self._memory_of(name),
+                idle_for=now - self._members[name].last_activity,
+                in_flight=self._members[name].in_flight,
+                queued=self._members[name].queued,
+                demand=self._members[name].demand(now),
+                bring_back_cost=self._costs.estimate(None, name),
+            )
+            for name in awake
+        ]
+        order = victim_order(self._policy, views, self._context())
+        busy = {view.model for view in views if view.in_flight or view.queued}
+        chosen: list[str] = []
+        for name in [m for m in order if m not in busy] + [m for m in order if m in busy]:
+            if needed <= 1e-9:
+                break
+            chosen.append(name)
+            needed -= self._memory_of(name)
+        return chosen
+
+    def _fits_now(self, target: str) -> bool:
+        """A budget group can wake `target` without putting anything to sleep."""
+        return self.memory_gb is not None and not self._victims(target)
+
+    def _memory_of(self, model: str | None) -> float:
+        if model is None:
+            return 0.0
+        member = self._members.get(model)
+        size = member.config.memory_gb if member is not None else None
+        return size if size is not None else 0.0
+
     async def yield_gpu(self, *, unless: Callable[[], bool] | None = None) -> None:
         """Drain and sleep the awake members (an admin sleep, idle sleep, a removal, or
         another group's exclusive switch); not if `unless` has become true by the time
@@ -603,9 +773,9 @@ class Switcher:
         if member.arrival is not None:
             await asyncio.wait({member.arrival})  # its old group puts it to sleep first
             member.arrival = None
-        source = self.active
-        started = self._clock()
-        self._switching = Transition(source, target)
+        victims = self._victims(target)
+        source = victims[-1] if victims else None
+        self._switching = Transition(victims[0] if victims else None, target)
         labels = {"from": source or IDLE, "to": target}
         logger.info(
             "switching %s -> %s",
@@ -613,23 +783,68 @@ class Switcher:
             target,
             extra={"event": "switch_started", **labels, "group": self._group},
         )
+        # The switch's cost is the time the GPU was unavailable: sleep hooks, the
+        # free-memory wait and the wake hook; not min_active_secs nor the drain.
+        unavailable = 0.0
         try:
-            if source is not None:
-                await self._put_to_sleep(source, target)
+            while victims:
+                for victim in victims:
+                    self._switching = Transition(victim, target)
+                    unavailable += await self._put_to_sleep(victim, target)
+                    source = victim
+                victims = self._victims(target)  # a reload may have changed the sizes
+            self._switching = Transition(source, target)
             if self._exclusive_gate is not None:
                 await self._exclusive_gate.clear_others(self)
+            self._occupying = target
+            self._memory_changed()
+            started = self._clock()
+            problem = await self._check_free_memory(target)
+            unavailable += self._clock() - started
+            if problem is not None:
+                return self._probe_failed(target, source, problem)
+            started = self._clock()
             wake = await self._run_hook(target, "wake")
+            unavailable += self._clock() - started
             if wake.ok:
-                self._activated(target, source, started)
+                self._activated(target, source, unavailable)
                 return None
             return await self._wake_failed(target, source, wake)
         finally:
             self._switching = None
+            if self._occupying is not None:
+                self._occupying = None
+                self._memory_changed()
+
+    async def _check_free_memory(self, target: str) -> str | None:
+        command = self._settings.free_memory
+        if command is None:
+            return None
+        return await wait_for_free_memory(
+            command,
+            group=self._group,
+            needed_gb=self._memory_of(target),
+            within=self._settings.free_memory_timeout_secs,
+            cwd=self._base_dir,
+        )
+
+    def _probe_failed(self, target: str, source: str | None, problem: str) -> str:
+        """Not enough free memory: the wake hook never ran, so no clean-up sleep runs."""
+        labels = {"from": source or IDLE, "to": target}
+        self._metrics.switch_total.labels(**labels, result="failure").inc()
+        logger.error(
+            "switch to %r failed: %s", target, problem, extra={"event": "switch_failed", **labels}
+        )
+        self._backoff_until = self._clock() + BACKOFF_SECS
+        message = f"wake failed: {problem}"
+        self._members[target].fail_waiters(lambda: WakeFailed(message))
+        return message
 
     async def _put_to_sleep(
         self, source: str, target: str | None, unless: Callable[[], bool] | None = None
-    ) -> None:
-        """Drain and sleep `source`, unless `unless` has become true before it began."""
+    ) -> float:
+        """Drain and sleep `source`, unless `unless` has become true before it began; the
+        seconds its sleep hook took."""
         member = self._members[source]
         remaining = self._policy_config.min_active_secs - (self._clock() - self._awake[source])
         if remaining > 0:
@@ -637,12 +852,13 @@ class Switcher:
         # Requests just let in must be on their way before the model is marked draining.
         await self._starting.wait()
         if unless is not None and unless():
-            return
+            return 0.0
         member.draining = True
         slept = False
         try:
             await self._drain(member, target)
             slept = True  # from here on the model counts as asleep, whatever happens
+            started = self._clock()
             sleep = await self._run_hook(source, "sleep")
             if not sleep.ok:
                 logger.warning(
@@ -651,6 +867,7 @@ class Switcher:
                     sleep.describe(),
                     extra={"event": "sleep_hook_failed", "model": source},
                 )
+            return self._clock() - started
         finally:
             member.draining = False
             if slept:  # cancelled in the drain (shutdown): still awake, still active
@@ -685,8 +902,7 @@ class Switcher:
         finally:
             self._hook_running = None
 
-    def _activated(self, target: str, source: str | None, started: float) -> None:
-        seconds = self._clock() - started
+    def _activated(self, target: str, source: str | None, seconds: float) -> None:
         labels = {"from": source or IDLE, "to": target}
         ema = self._costs.record(source, target, seconds)
         self._metrics.switch_total.labels(**labels, result="success").inc()
@@ -711,6 +927,8 @@ class Switcher:
             extra={"event": "switch_failed", **labels},
         )
         cleanup = await self._run_hook(target, "sleep")
+        self._occupying = None
+        self._memory_changed()
         if not cleanup.ok:
             logger.warning(
                 "clean-up sleep hook of %r failed: %s",
@@ -731,7 +949,11 @@ class Switcher:
         self._metrics.active_model.labels(model=model).set(1)
         self._changed()
 
+    def _memory_changed(self) -> None:
+        self._metrics.group_memory(self._group, self.memory_gb, self.memory_used_gb())
+
     def _changed(self) -> None:
+        self._memory_changed()
         self._changes += 1
         for callback in self._on_change:
             callback()
