@@ -267,8 +267,15 @@ async def admin_switch(request: web.Request) -> web.Response:
 
 async def admin_sleep(request: web.Request) -> web.Response:
     check_admin(request)
-    group = (await _json_object(request)).get("group")
+    body = await _json_object(request)
+    group, name = body.get("group"), body.get("model")
     mux = request.app[MULTIPLEXER]
+    if name is not None:
+        if not isinstance(name, str) or not name or group is not None:
+            raise ModelRequired('POST /admin/sleep takes {"model": "<id>"} or {"group": NAME}')
+        model = mux.resolve(name)
+        await mux.switcher_for(model).put_to_sleep(model.id)
+        return json_answer({"status": "ok", "model": model.id, "state": "asleep"})
     if group is not None and (not isinstance(group, str) or group not in mux.switchers):
         raise ModelRequired(f"unknown group {group!r}")
     targets = [mux.switchers[group]] if isinstance(group, str) else list(mux.switchers.values())

@@ -48,11 +48,15 @@ POLICY_KEYS: Final = (
     "initial_switch_cost_secs",
 )  # fmt: skip
 MAX_COALESCE_MS: Final = 10_000.0
-GROUP_KEYS: Final = ("exclusive", "persistent")
+GROUP_KEYS: Final = (
+    "exclusive", "persistent", "memory_gb", "free_memory", "free_memory_timeout_secs",
+)  # fmt: skip
 MODEL_KEYS: Final = (
     "port", "wake", "sleep", "alive", "wake_timeout_secs", "sleep_timeout_secs",
-    "alive_timeout_secs", "aliases", "upstream_model", "group",
+    "alive_timeout_secs", "aliases", "upstream_model", "group", "memory_gb",
 )  # fmt: skip
+# GiB: far above any GPU box, and small enough that sums of sizes stay exact enough.
+MAX_MEMORY_GB: Final = 1024.0 * 1024
 
 # 1 TiB: far above any real request, and small enough that the byte count stays finite.
 MAX_REQUEST_BODY_MB: Final = 1024 * 1024
@@ -90,6 +94,7 @@ class ModelConfig:
     aliases: tuple[str, ...] = ()
     upstream_model: str | None = None
     group: str = DEFAULT_GROUP
+    memory_gb: float | None = None  # GPU memory it occupies awake (DESIGN §8)
 
     def hook(self, name: HookName) -> str:
         return {"wake": self.wake, "sleep": self.sleep, "alive": self.alive}[name]
@@ -107,6 +112,9 @@ class GroupConfig:
     name: str
     exclusive: bool = False
     persistent: bool = False
+    memory_gb: float | None = None  # a memory budget: members awake together up to it
+    free_memory: str | None = None  # a command printing the GPU's free memory in GiB
+    free_memory_timeout_secs: float = 60.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -363,10 +371,22 @@ def _parse_groups(table: _Table) -> dict[str, GroupConfig]:
         if not name.strip():
             raise ConfigError(table.source, entry.path, "a group name must not be empty")
         entry.only(GROUP_KEYS)
+        memory = entry.optional_number("memory_gb", positive=True)
+        if memory is not None and memory > MAX_MEMORY_GB:
+            raise entry.error("memory_gb", f"expected at most {MAX_MEMORY_GB:g} GiB, got {memory}")
+        free_memory = entry.optional_string("free_memory")
+        if free_memory is not None and memory is None:
+            raise entry.error(
+                "free_memory",
+                "needs a memory budget: set memory_gb on this group (and on its models)",
+            )
         groups[name] = GroupConfig(
             name=name,
             exclusive=entry.boolean("exclusive", False),
             persistent=entry.boolean("persistent", False),
+            memory_gb=memory,
+            free_memory=free_memory,
+            free_memory_timeout_secs=entry.number("free_memory_timeout_secs", 60.0, positive=True),
         )
     return groups
 
@@ -450,7 +470,28 @@ def _parse_model(model_id: str, entry: _Table, groups: Mapping[str, GroupConfig]
         aliases=entry.string_list("aliases"),
         upstream_model=entry.optional_string("upstream_model"),
         group=group,
+        memory_gb=_model_memory(entry, groups[group]),
     )
+
+
+def _model_memory(entry: _Table, group: GroupConfig) -> float | None:
+    """A model's `memory_gb`: required in a group with a budget, and within it (DESIGN §8)."""
+    memory = entry.optional_number("memory_gb", positive=True)
+    budget = group.memory_gb
+    if budget is None:
+        return memory
+    where = f"groups.{_quote_key(group.name)}.memory_gb = {budget:g}"
+    if memory is None:
+        raise entry.error(
+            "memory_gb",
+            f"is required: group {group.name!r} has a memory budget ({where});"
+            " expected the GiB this model occupies awake",
+        )
+    if memory > budget:
+        raise entry.error(
+            "memory_gb", f"{memory:g} GiB is more than its group's whole budget ({where})"
+        )
+    return memory
 
 
 def load_config(path: str | os.PathLike[str], data: bytes | None = None) -> Config:

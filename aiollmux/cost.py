@@ -15,7 +15,8 @@ class CostEstimate:
 
 
 class SwitchCosts:
-    """EMA of whole-switch durations; the first sample seeds a pair's estimate."""
+    """EMA of switch costs (the time the GPU was unavailable: sleep hooks, free-memory
+    wait, wake hook; not the drain); the first sample seeds a pair's estimate."""
 
     def __init__(self, alpha: float = ALPHA) -> None:
         self.alpha = alpha

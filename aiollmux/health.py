@@ -22,20 +22,28 @@ RECHECK_SECS = 2.0
 
 
 class HealthMonitor:
+    """Watches every awake member of one group on its own (DESIGN §7, §8)."""
+
     def __init__(self, switcher: Switcher, *, alive_interval: float, idle_sleep: float) -> None:
         self.switcher = switcher
         self.alive_interval = alive_interval
         self.idle_sleep = idle_sleep
-        self.failures = 0
         self.ticks = 0  # how many times it looked (status and tests)
-        self._checked_model: str | None = None
-        self._next_check = 0.0
+        # Per awake member: failed checks in a row, and when to check it next.
+        self._failures: dict[str, int] = {}
+        self._next_check: dict[str, float] = {}
         self._soon = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def failures(self) -> int:
+        """Failed checks in a row of the most recently activated member."""
+        active = self.switcher.active
+        return 0 if active is None else self._failures.get(active, 0)
+
     def start(self) -> None:
         if self._task is None and (self.alive_interval > 0 or self.idle_sleep > 0):
-            self.switcher.on_change.append(self._soon.set)
+            self.switcher.subscribe(self._soon.set)
             self._task = asyncio.create_task(self._run(), name=f"health-{self.switcher.group}")
 
     async def close(self) -> None:
@@ -51,18 +59,23 @@ class HealthMonitor:
             return
         self.alive_interval = alive_interval
         self.idle_sleep = idle_sleep
-        self._next_check = self.switcher.clock() + alive_interval
+        now = self.switcher.clock()
+        for model in self._next_check:
+            self._next_check[model] = now + alive_interval
         if self._task is None:
             self.start()
         self._soon.set()
 
-    def check_soon(self) -> None:
-        """The active backend just failed a request: check it now, not at the interval."""
-        self._next_check = 0.0
+    def check_soon(self, model: str | None = None) -> None:
+        """An awake backend just failed a request: check it now, not at the interval."""
+        model = model if model is not None else self.switcher.active
+        if model is not None and model in self._next_check:
+            self._next_check[model] = 0.0
         self._soon.set()
 
     async def _run(self) -> None:
         while True:
+            self._follow_awake()
             delay = self._next_due() - self.switcher.clock()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
@@ -77,84 +90,99 @@ class HealthMonitor:
             except Exception:
                 logger.exception("health monitor of group %r failed", self.switcher.group)
 
+    def _follow_awake(self) -> None:
+        """Start watching members that woke, forget those that went to sleep."""
+        awake = self.switcher.awake
+        now = self.switcher.clock()
+        for model in list(self._next_check):
+            if model not in awake:
+                del self._next_check[model]
+                self._failures.pop(model, None)
+        for model in awake:
+            if model not in self._next_check:
+                self._next_check[model] = now + self.alive_interval
+                self._failures[model] = 0
+
     def _next_due(self) -> float:
         switcher = self.switcher
         now = switcher.clock()
         due = [now + 3600.0]  # nothing to watch: the switcher wakes us when that changes
-        if switcher.active is not None:
+        for model in switcher.awake:
             if self.alive_interval > 0:
-                due.append(self._next_check)
+                due.append(self._next_check.get(model, now))
             if self.idle_sleep > 0:
                 # Busy now: look again no sooner than a whole idle period from now.
-                since = now if switcher.is_busy() else switcher.last_activity
+                busy = switcher.is_busy(model)
+                since = now if busy else switcher.member_last_activity(model)
                 due.append(since + self.idle_sleep)
         return min(due)
 
     async def _tick(self) -> None:
+        self._follow_awake()
         switcher = self.switcher
-        model = switcher.active
-        if model != self._checked_model:
-            self._checked_model, self.failures = model, 0
-            self._next_check = switcher.clock() + self.alive_interval
-        if model is None:
-            return
-        now = switcher.clock()
-        idle_for = now - switcher.last_activity
-        if self.idle_sleep > 0 and idle_for >= self.idle_sleep and not switcher.is_busy():
-            await self._sleep_idle(model)
-        elif self.alive_interval > 0 and now >= self._next_check:
-            await self._check_alive(model)
+        for model in switcher.awake:
+            if model not in switcher.awake:
+                continue  # put to sleep while another member was looked at
+            now = switcher.clock()
+            idle_for = now - switcher.member_last_activity(model)
+            if self.idle_sleep > 0 and idle_for >= self.idle_sleep and not switcher.is_busy(model):
+                await self._sleep_idle(model)
+            elif self.alive_interval > 0 and now >= self._next_check.get(model, now):
+                await self._check_alive(model)
 
     async def _sleep_idle(self, model: str) -> None:
         switcher = self.switcher
-        since = switcher.last_activity
+        since = switcher.member_last_activity(model)
         logger.info(
             "model %r idle for %.0fs; putting it to sleep",
             model,
             self.idle_sleep,
             extra={"event": "idle_sleep", "model": model},
         )
-        await switcher.switch_to(
-            None,
-            # A request that came in meanwhile keeps the model awake. (Checked when the
-            # driver takes this up, and again once min_active_secs has passed.)
-            unless=lambda: switcher.active != model or switcher.last_activity != since,
-        )
+
+        # A request that came in meanwhile keeps the model awake. (Checked when the
+        # driver takes this up, and again once min_active_secs has passed.)
+        def moved_on() -> bool:
+            return model not in switcher.awake or switcher.member_last_activity(model) != since
+
+        if switcher.memory_gb is None:
+            await switcher.switch_to(None, unless=moved_on)
+        else:
+            await switcher.put_to_sleep(model, unless=moved_on)
 
     async def _check_alive(self, model: str) -> None:
         switcher = self.switcher
-        if switcher.is_busy():
-            self._next_check = switcher.clock() + self.alive_interval
+        if switcher.is_busy(model):
+            self._next_check[model] = switcher.clock() + self.alive_interval
             return
         changes = switcher.changes
-        config = switcher.models[model].config
-        result = await switcher.hooks.run(config, "alive", switcher.base_dir, report=False)
-        if switcher.active != model or switcher.changes != changes or switcher.is_busy():
+        result = await switcher.probe_alive(model)
+        if model not in switcher.awake or switcher.changes != changes or switcher.is_busy(model):
             # The world moved on while the hook ran (a switch began, say: the backend may
             # be going to sleep): the answer is moot, and is not counted as a failure.
-            self._next_check = switcher.clock() + self.alive_interval
+            self._next_check[model] = switcher.clock() + self.alive_interval
             return
         switcher.hooks.report(result)
         if result.ok:
-            self.failures = 0
-            self._next_check = switcher.clock() + self.alive_interval
+            self._failures[model] = 0
+            self._next_check[model] = switcher.clock() + self.alive_interval
             return
-        self.failures += 1
-        self._next_check = switcher.clock() + min(self.alive_interval, RECHECK_SECS)
+        failures = self._failures[model] = self._failures.get(model, 0) + 1
+        self._next_check[model] = switcher.clock() + min(self.alive_interval, RECHECK_SECS)
         logger.warning(
             "alive check of %r failed (%d of %d): %s",
             model,
-            self.failures,
+            failures,
             LOST_AFTER_FAILURES,
             result.describe(),
             extra={"event": "alive_check_failed", "model": model},
         )
-        if self.failures >= LOST_AFTER_FAILURES and switcher.mark_lost(model):
+        if failures >= LOST_AFTER_FAILURES and switcher.mark_lost(model):
             logger.error(
                 "model %r lost: alive hook failed %d times in a row: %s",
                 model,
-                self.failures,
+                failures,
                 result.describe(),
                 extra={"event": "model_lost", "model": model},
             )
-            self.failures = 0
+            self._failures[model] = 0

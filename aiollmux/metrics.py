@@ -36,7 +36,7 @@ class Metrics:
         )
         self.switch_duration = Histogram(
             "llmux_switch_duration_seconds",
-            "Whole switch time, lock to wake success.",
+            "GPU time of a switch: sleep hooks + free-memory wait + wake hook (no drain).",
             ["from", "to"],
             buckets=_SWITCH_BUCKETS,
             registry=r,
@@ -101,7 +101,19 @@ class Metrics:
             registry=r,
         )
         self.active_model = Gauge(
-            "llmux_active_model", "1 for the active model, 0 otherwise.", ["model"], registry=r
+            "llmux_active_model", "1 for every awake model, 0 otherwise.", ["model"], registry=r
+        )
+        self.group_memory_budget = Gauge(
+            "llmux_group_memory_budget_gb",
+            "A GPU group's memory budget (groups with memory_gb only).",
+            ["group"],
+            registry=r,
+        )
+        self.group_memory_used = Gauge(
+            "llmux_group_memory_used_gb",
+            "GPU memory a group's awake (and waking) members occupy (groups with memory_gb).",
+            ["group"],
+            registry=r,
         )
         self.config_reloads = Counter(
             "llmux_config_reloads_total",
@@ -138,6 +150,16 @@ class Metrics:
         for gauge in (self.active_model, self.in_flight, self.queue_depth):
             with contextlib.suppress(KeyError):  # never set
                 gauge.remove(model)
+
+    def group_memory(self, group: str, budget: float | None, used: float | None) -> None:
+        """Export a budget group's memory; a group without a budget has no such series."""
+        if budget is None:
+            for gauge in (self.group_memory_budget, self.group_memory_used):
+                with contextlib.suppress(KeyError):  # never set
+                    gauge.remove(group)
+            return
+        self.group_memory_budget.labels(group=group).set(budget)
+        self.group_memory_used.labels(group=group).set(used or 0.0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

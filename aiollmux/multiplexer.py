@@ -19,6 +19,7 @@ from aiollmux.health import HealthMonitor
 from aiollmux.hooks import HookRunner
 from aiollmux.metrics import Metrics
 from aiollmux.policy import Policy, load_policy
+from aiollmux.status import status_document
 from aiollmux.switcher import InFlightGuard, Switcher
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Multiplexer:
             costs=self.costs,
             metrics=self.metrics,
             base_dir=config.base_dir,
+            settings=config.groups[group],
         )
         monitor = HealthMonitor(
             switcher,
@@ -98,9 +100,16 @@ class Multiplexer:
             policy = load_policy(new.policy, new.source)
             if group not in self.switchers:
                 self._add_group(group, new, policy, skip=moved)
-            elif policy_changed or new.base_dir != old.base_dir:
+            elif (
+                policy_changed
+                or new.base_dir != old.base_dir
+                or new.groups[group] != old.groups.get(group)
+            ):
                 self.switchers[group].configure(
-                    policy_config=new.policy, policy=policy, base_dir=new.base_dir
+                    policy_config=new.policy,
+                    policy=policy,
+                    base_dir=new.base_dir,
+                    settings=new.groups[group],
                 )
         for group in self.switchers:
             self._set_gate(group, new)
@@ -124,7 +133,7 @@ class Multiplexer:
     def _set_gate(self, group: str, config: Config) -> None:
         settings = config.groups.get(group)
         exclusive = settings is not None and settings.exclusive
-        self.switchers[group].exclusive_gate = self.exclusive_gate if exclusive else None
+        self.switchers[group].set_exclusive_gate(self.exclusive_gate if exclusive else None)
 
     def _retire(self, switcher: Switcher, model: str) -> asyncio.Task[None]:
         task = asyncio.create_task(switcher.retire(model), name=f"retire-{model}")
@@ -136,7 +145,8 @@ class Multiplexer:
         """Find models already awake (a restart of aiollmux, not of the box) (DESIGN §7).
 
         Exactly one alive in a group: it becomes active without running its wake hook.
-        Several: all are put to sleep, because which one owns the GPU is unknown.
+        Several: all are put to sleep, because which one owns the GPU is unknown; in a
+        group with a memory budget they are all adopted if together they fit (DESIGN §8).
         """
         probes = asyncio.Semaphore(_PROBE_CONCURRENCY)
 
@@ -150,13 +160,14 @@ class Multiplexer:
             logger.info("no model is awake at start", extra={"event": "startup_idle"})
         for group, switcher in self.switchers.items():
             awake = [m for m, ok in zip(models, answers, strict=True) if ok and m.group == group]
-            if len(awake) == 1:
-                switcher.adopt(awake[0].id)
-                logger.info(
-                    "model %r is already awake; adopted as active without waking it",
-                    awake[0].id,
-                    extra={"event": "model_adopted", "model": awake[0].id, "group": group},
-                )
+            if len(awake) == 1 or (awake and _fits(awake, switcher.memory_gb)):
+                for model in awake:
+                    switcher.adopt(model.id)
+                    logger.info(
+                        "model %r is already awake; adopted as active without waking it",
+                        model.id,
+                        extra={"event": "model_adopted", "model": model.id, "group": group},
+                    )
             elif awake:
                 names = ", ".join(m.id for m in awake)
                 logger.warning(
@@ -188,15 +199,15 @@ class Multiplexer:
         await self.stop_switching()
         if sleep_active:
             for switcher in self.switchers.values():
-                if switcher.active is not None:
-                    model = switcher.models[switcher.active].config
+                for name in switcher.awake:
+                    model = switcher.model_config(name)
                     await self.hooks.run(model, "sleep", self.config.base_dir)
         await self.hooks.close()
 
     def backend_failed(self, model: ModelConfig) -> None:
-        """A request to `model` got no answer: if it is active, check it is alive now."""
-        if self.switcher_for(model).active == model.id:
-            self.monitors[model.group].check_soon()
+        """A request to `model` got no answer: if it is awake, check it is alive now."""
+        if model.id in self.switcher_for(model).awake:
+            self.monitors[model.group].check_soon(model.id)
 
     def resolve(self, name: str) -> ModelConfig:
         model = self.config.resolve(name)
@@ -212,64 +223,14 @@ class Multiplexer:
         return switcher.try_admit(model.id) or await switcher.acquire(model.id)
 
     def status(self) -> dict[str, Any]:
-        groups = {
-            name: {
-                "state": s.state(),
-                "active_model": s.active,
-                "switching": None
-                if s.switching is None
-                else {"from": s.switching.source, "to": s.switching.target},
-            }
-            for name, s in self.switchers.items()
-        }
-        models = {}
-        for model in sorted(self.config.models.values(), key=lambda m: m.id):
-            switcher = self.switcher_for(model)
-            models[model.id] = {
-                "port": model.port,
-                "group": model.group,
-                "aliases": list(model.aliases),
-                "in_flight": switcher.in_flight(model.id),
-                "queued": switcher.queued(model.id),
-                "state": switcher.model_status(model.id),
-            }
-        # Removed from the configuration but still draining or being put to sleep.
-        for switcher in self.switchers.values():
-            for name, runtime in switcher.models.items():
-                if name not in models and runtime.retired:
-                    models[name] = {
-                        "port": runtime.config.port,
-                        "group": switcher.group,
-                        "aliases": [],
-                        "in_flight": switcher.in_flight(name),
-                        "queued": switcher.queued(name),
-                        "state": switcher.model_status(name),
-                        "removed": True,
-                    }
-        default = groups["default"]
-        return {
-            "state": default["state"],
-            "active_model": default["active_model"],
-            "switching": default["switching"],
-            "groups": groups,
-            "models": models,
-            "switch_costs": [
-                {"from": a, "to": b, "seconds": round(e.seconds, 3), "samples": e.samples}
-                for a, b, e in self.costs.items()
-            ],
-            "config": {
-                "path": self.config.source,
-                "generation": self.generation,
-                "loaded_at": self.loaded_at.isoformat(timespec="seconds"),
-                "last_reload_error": self.last_reload_error,
-                "restart_required": self.restart_required,
-            },
-            # For leak hunting (the soak test reads it): both settle back after traffic.
-            "runtime": {
-                "asyncio_tasks": len(asyncio.all_tasks()),
-                "hooks_running": self.hooks.running,
-            },
-        }
+        """The whole `/admin/status` document (aiollmux.status builds it)."""
+        return status_document(self)
+
+
+def _fits(models: list[ModelConfig], budget: float | None) -> bool:
+    if budget is None:
+        return False
+    return sum(m.memory_gb or 0.0 for m in models) <= budget
 
 
 class _ExclusiveGate:

@@ -16,9 +16,9 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from aiollmux.admission import InFlightGuard
 from aiollmux.config import ModelConfig
 from aiollmux.errors import BackendError
-from aiollmux.switcher import InFlightGuard
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
-"""One GPU group's state machine: idle / active / switching, queues and in-flight guards.
+"""One GPU group's driver: which members are awake, and the switches between them.
 
 Request handlers only `acquire()` a guard and await it; every switch runs in the
 switcher's own driver task, one at a time, so a cancelled handler can never leave a
-switch half done (DESIGN §4).
+switch half done (docs/design.md). The queues and in-flight guards are kept by
+`aiollmux.admission`; the switcher takes commands and gives read-only views.
 """
 
 from __future__ import annotations
@@ -13,16 +14,39 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal, NamedTuple, Protocol
 
-from aiollmux.config import ModelConfig, PolicyConfig
+from aiollmux.admission import InFlightGuard, Member, StartingRequests, abandon
+from aiollmux.config import GroupConfig, ModelConfig, PolicyConfig
 from aiollmux.cost import IDLE, SwitchCosts
 from aiollmux.errors import ModelNotFound, ModelTimeout, QueueFull, ServiceStopping, WakeFailed
+from aiollmux.free_memory import wait_for_free_memory
 from aiollmux.hooks import HookResult, HookRunner
 from aiollmux.metrics import Metrics
-from aiollmux.policy import Policy, PolicyContext, QueueView, next_ask
+from aiollmux.policy import (
+    Decision,
+    Policy,
+    PolicyContext,
+    QueueView,
+    VictimView,
+    next_ask,
+    victim_order,
+)
+
+__all__ = [
+    "BACKOFF_SECS",
+    "MIN_RETRY_SECS",
+    "ExclusiveGate",
+    "GroupView",
+    "InFlightGuard",
+    "MemberView",
+    "ModelStatus",
+    "Switcher",
+    "Transition",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -30,56 +54,7 @@ BACKOFF_SECS = 2.0
 MIN_RETRY_SECS = 0.01  # the soonest a policy's deferral is honoured
 
 ModelStatus = Literal["active", "asleep", "waking", "sleeping", "draining"]
-
-
-class InFlightGuard:
-    """One request counted in flight on a model; `release()` is idempotent."""
-
-    __slots__ = ("_switcher", "model", "on_cut", "released", "was_cut")
-
-    def __init__(self, switcher: Switcher, model: str) -> None:
-        self._switcher = switcher
-        self.model = model
-        self.released = False
-        self.was_cut = False
-        # Set by the proxy: ends the client's connection and the upstream request.
-        self.on_cut: Callable[[], None] | None = None
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self._switcher._release(self)
-
-    def cut(self) -> None:
-        """End the request now (drain timeout); its handler unwinds and releases us."""
-        self.was_cut = True
-        if self.on_cut is not None:
-            self.on_cut()
-        else:
-            self.release()
-
-
-@dataclass(slots=True, eq=False)
-class _Waiter:
-    future: asyncio.Future[InFlightGuard]
-    since: float
-    released: bool = False  # handed a guard by _release_waiters
-
-
-@dataclass(slots=True, eq=False)
-class _ModelRuntime:
-    config: ModelConfig
-    in_flight: int = 0
-    idle: asyncio.Event = field(default_factory=asyncio.Event)
-    waiters: deque[_Waiter] = field(default_factory=deque)
-    guards: set[InFlightGuard] = field(default_factory=set)
-    draining: bool = False
-    retired: bool = False  # removed from the configuration; going away
-    # Moved here from another group: not woken before that group has put it to sleep.
-    arrival: asyncio.Future[None] | None = None
-
-    def __post_init__(self) -> None:
-        self.idle.set()
+GroupState = Literal["idle", "active", "switching"]
 
 
 class ExclusiveGate(Protocol):
@@ -94,6 +69,7 @@ class _ForcedSwitch(NamedTuple):
     target: str | None
     done: asyncio.Future[None]
     unless: Callable[[], bool] | None
+    only: str | None = None  # with target None: put only this member to sleep
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,8 +78,36 @@ class Transition:
     target: str | None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberView:
+    """One member as the status document shows it."""
+
+    config: ModelConfig
+    state: ModelStatus
+    in_flight: int
+    queued: int
+    retired: bool
+    last_activity: float  # when a request last started or ended on it (or it woke)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GroupView:
+    """A group at one instant (`Switcher.snapshot()`)."""
+
+    group: str
+    state: GroupState
+    active_model: str | None
+    active_models: tuple[str, ...]  # awake members, most recently activated last
+    switching: Transition | None
+    members: Mapping[str, MemberView]
+    memory_gb: float | None  # the budget; None: one member awake at a time
+    memory_used_gb: float | None  # awake members' and the waking one's; None: not declared
+
+
 class Switcher:
-    """Keeps at most one model of a group awake and routes requests to it."""
+    """Keeps a group's awake members and routes requests to them: one member awake at a
+    time, or as many as fit in the group's memory budget (DESIGN §8); a switch drains and
+    sleeps what must make room before the target wakes."""
 
     def __init__(
         self,
@@ -116,51 +120,210 @@ class Switcher:
         costs: SwitchCosts,
         metrics: Metrics,
         base_dir: Path,
+        settings: GroupConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.group = group
-        self.policy_config = policy_config
-        self.policy = policy
-        self.hooks = hooks
-        self.costs = costs
-        self.metrics = metrics
-        self.base_dir = base_dir
-        self.clock = clock
-        self.models: dict[str, _ModelRuntime] = {m: _ModelRuntime(c) for m, c in models.items()}
-        self.active: str | None = None
-        self.activated_at = 0.0
-        self.switching: Transition | None = None
-        self.hook_running: tuple[str, str] | None = None  # (model, hook) while one runs
-        self.backoff_until = 0.0
+        self._group = group
+        self._settings = settings if settings is not None else GroupConfig(name=group)
+        self._policy_config = policy_config
+        self._policy = policy
+        self._hooks = hooks
+        self._costs = costs
+        self._metrics = metrics
+        self._base_dir = base_dir
+        self._clock = clock
+        self._members: dict[str, Member] = {}
+        # The state, as one value: the awake members in activation order (model ->
+        # when it became active), the switch under way, the hook running. Whether the
+        # group is idle, active or switching, and each model's status, derive from it.
+        self._awake: dict[str, float] = {}
+        self._switching: Transition | None = None
+        self._hook_running: tuple[str, str] | None = None  # (model, hook) while one runs
+        # Woken now: its memory counts from its wake's start (and free-memory probe) to the
+        # end of the wake, or of the clean-up sleep after a failed wake.
+        self._occupying: str | None = None
+        self._backoff_until = 0.0
+        self._idle_since = clock()
         self._kick = asyncio.Event()
         # Switches and sleeps asked for by name (admin API, idle sleep), ahead of the policy.
         self._forced: deque[_ForcedSwitch] = deque()
         self._forced_now: _ForcedSwitch | None = None  # the one being carried out
-        # Requests released from a queue whose handlers have not resumed yet: counted in
-        # flight, and the next sleep waits for them to start (even without a drain).
-        self._starting = 0
-        self._all_started = asyncio.Event()
-        self._all_started.set()
+        self._starting = StartingRequests()
         # Held while this group runs a wake or sleep hook: another group's exclusive
         # switch takes it too, to sleep our model (DESIGN §8).
-        self.busy = asyncio.Lock()
-        self.exclusive_gate: ExclusiveGate | None = None  # set for exclusive groups
-        self.last_activity = clock()  # when a request last started or ended
-        self.on_change: list[Callable[[], None]] = []  # called when the active model changes
-        self.changes = 0  # how often the active model changed
+        self._hook_lock = asyncio.Lock()
+        self._exclusive_gate: ExclusiveGate | None = None  # set for exclusive groups
+        self._on_change: list[Callable[[], None]] = []  # called when the awake set changes
+        self._changes = 0
         self._retry_handle: asyncio.TimerHandle | None = None
         self._driver: asyncio.Task[None] | None = None
         self._closed = False
-        for model in self.models:
-            metrics.active_model.labels(model=model).set(0)
-            metrics.in_flight.labels(model=model).set(0)
-            metrics.queue_depth.labels(model=model).set(0)
+        for config in models.values():
+            self._add_member(config)
+        self._memory_changed()
+
+    # -- views -------------------------------------------------------------------------
+
+    @property
+    def group(self) -> str:
+        return self._group
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self._clock
+
+    @property
+    def hooks(self) -> HookRunner:
+        return self._hooks
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    @property
+    def policy_config(self) -> PolicyConfig:
+        return self._policy_config
+
+    @property
+    def active(self) -> str | None:
+        """The most recently activated awake member, if any."""
+        return next(reversed(self._awake), None)
+
+    @property
+    def awake(self) -> tuple[str, ...]:
+        """The awake members, most recently activated last."""
+        return tuple(self._awake)
+
+    @property
+    def activated_at(self) -> float:
+        active = self.active
+        return 0.0 if active is None else self._awake[active]
+
+    @property
+    def switching(self) -> Transition | None:
+        return self._switching
+
+    @property
+    def hook_running(self) -> tuple[str, str] | None:
+        return self._hook_running
+
+    @property
+    def backoff_until(self) -> float:
+        return self._backoff_until
+
+    @property
+    def last_activity(self) -> float:
+        """When a request last started or ended on the active model (or it woke)."""
+        active = self.active
+        return self._idle_since if active is None else self._members[active].last_activity
+
+    @property
+    def settings(self) -> GroupConfig:
+        return self._settings
+
+    @property
+    def memory_gb(self) -> float | None:
+        """The group's memory budget; None: one member awake at a time."""
+        return self._settings.memory_gb
+
+    def memory_used_gb(self) -> float | None:
+        """What the awake members (and the one being woken) occupy; None if one of them
+        declares no `memory_gb`."""
+        used = 0.0
+        for name in self._occupants():
+            size = self._members[name].config.memory_gb
+            if size is None:
+                return None
+            used += size
+        return used
+
+    def _occupants(self) -> list[str]:
+        names = [name for name in self._awake if name in self._members]
+        if self._occupying is not None and self._occupying not in self._awake:
+            names.append(self._occupying)
+        return names
+
+    def member_last_activity(self, model: str) -> float:
+        return self._members[model].last_activity
+
+    @property
+    def changes(self) -> int:
+        """How often the awake set changed."""
+        return self._changes
+
+    @property
+    def models(self) -> Mapping[str, ModelConfig]:
+        """Every member's settings, retiring ones included."""
+        return MappingProxyType({name: m.config for name, m in self._members.items()})
+
+    def model_config(self, model: str) -> ModelConfig:
+        return self._members[model].config
+
+    def model_status(self, model: str) -> ModelStatus:
+        member = self._members[model]
+        if self._hook_running == (model, "wake"):
+            return "waking"
+        if self._hook_running == (model, "sleep"):
+            return "sleeping"
+        if member.draining:
+            return "draining"
+        return "active" if model in self._awake else "asleep"
+
+    def state(self) -> GroupState:
+        if self._switching is not None:
+            return "switching"
+        return "active" if self._awake else "idle"
+
+    def in_flight(self, model: str) -> int:
+        return self._members[model].in_flight
+
+    def queued(self, model: str) -> int:
+        return self._members[model].queued
+
+    def is_busy(self, model: str | None = None) -> bool:
+        """Requests in flight or queued anywhere in the group, or a switch under way.
+
+        With `model`, in a group with a memory budget: that member has requests, or is
+        being put to sleep or woken (the others' traffic does not concern it)."""
+        if model is None or self.memory_gb is None:
+            return self._switching is not None or any(
+                m.in_flight or m.waiters for m in self._members.values()
+            )
+        member = self._members.get(model)
+        moving = self._switching is not None and model in (
+            self._switching.source,
+            self._switching.target,
+        )
+        return member is None or bool(member.in_flight or member.waiters) or moving
+
+    def snapshot(self) -> GroupView:
+        members = {
+            name: MemberView(
+                config=member.config,
+                state=self.model_status(name),
+                in_flight=member.in_flight,
+                queued=member.queued,
+                retired=member.retired,
+                last_activity=member.last_activity,
+            )
+            for name, member in self._members.items()
+        }
+        return GroupView(
+            group=self._group,
+            state=self.state(),
+            active_model=self.active,
+            active_models=self.awake,
+            switching=self._switching,
+            members=MappingProxyType(members),
+            memory_gb=self.memory_gb,
+            memory_used_gb=self.memory_used_gb(),
+        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
     def start(self) -> None:
         if self._driver is None:
-            self._driver = asyncio.create_task(self._drive(), name=f"switcher-{self.group}")
+            self._driver = asyncio.create_task(self._drive(), name=f"switcher-{self._group}")
 
     async def close(self) -> None:
         """Stop switching; every queued request fails with 503."""
@@ -173,97 +336,146 @@ class Switcher:
             self._driver.cancel()
             await asyncio.gather(self._driver, return_exceptions=True)
             self._driver = None
-        for runtime in self.models.values():
-            self._fail_waiters(runtime, lambda: ServiceStopping("aiollmux is shutting down"))
+        for member in self._members.values():
+            member.fail_waiters(lambda: ServiceStopping("aiollmux is shutting down"))
         self._forced.clear()
         for item in pending:
             if not item.done.done():
                 item.done.set_exception(ServiceStopping("aiollmux is shutting down"))
 
     def adopt(self, model: str) -> None:
-        """Mark a model that is already awake as active without running its wake hook."""
+        """Mark a model that is already awake as active without running its wake hook;
+        requests queued for it are let in."""
         self._set_active(model)
+        member = self._members[model]
+        if member.waiters and not member.draining:
+            member.release_waiters(self._starting)
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call `callback` whenever the set of awake members changes."""
+        self._on_change.append(callback)
+
+    def set_exclusive_gate(self, gate: ExclusiveGate | None) -> None:
+        """Exclusive groups clear the other groups' models through `gate` (DESIGN §8)."""
+        self._exclusive_gate = gate
+
+    def reconsider(self) -> None:
+        """Ask the policy again now (its answer may have changed)."""
+        self._kick.set()
+
+    async def probe_alive(self, model: str) -> HookResult:
+        """Run `model`'s alive hook (not reported: the caller decides whether it counts)."""
+        return await self._hooks.run(
+            self._members[model].config, "alive", self._base_dir, report=False
+        )
 
     # -- reconfiguration (DESIGN §6) ---------------------------------------------------
 
-    def configure(self, *, policy_config: PolicyConfig, policy: Policy, base_dir: Path) -> None:
-        """A reload: the next decision uses the new policy, the next hook the new dir."""
-        self.policy_config = policy_config
-        self.policy = policy
-        self.base_dir = base_dir
+    def configure(
+        self,
+        *,
+        policy_config: PolicyConfig,
+        policy: Policy,
+        base_dir: Path,
+        settings: GroupConfig | None = None,
+    ) -> None:
+        """A reload: the next decision uses the new policy, the next hook the new dir; a
+        lowered budget puts members to sleep until the group fits (DESIGN §8)."""
+        self._policy_config = policy_config
+        self._policy = policy
+        self._base_dir = base_dir
+        if settings is not None:
+            self._settings = settings
+        self._memory_changed()
         self._kick.set()
 
     def put_model(self, config: ModelConfig, *, after: asyncio.Future[None] | None = None) -> None:
         """Add a model, or give an existing one its new settings (used from the next
         hook run and the next forwarded request on). `after`: it comes from another
         group, whose sleep of it must end before it is woken here."""
-        runtime = self.models.get(config.id)
-        if runtime is not None:
-            # Back before its retirement finished: keep the runtime (and its guards).
-            runtime.config = config
-            runtime.retired = False
+        member = self._members.get(config.id)
+        if member is not None:
+            # Back before its retirement finished: keep the member (and its guards).
+            member.config = config
+            member.retired = False
+            self._memory_changed()
+            self._kick.set()  # a larger memory_gb may no longer fit
             return
-        self.models[config.id] = _ModelRuntime(config, arrival=after)
-        for gauge in (self.metrics.active_model, self.metrics.in_flight, self.metrics.queue_depth):
+        self._add_member(config, after)
+
+    def _add_member(self, config: ModelConfig, after: asyncio.Future[None] | None = None) -> None:
+        self._members[config.id] = Member(
+            config=config,
+            metrics=self._metrics,
+            clock=self._clock,
+            on_release=self._released,
+            arrival=after,
+        )
+        for gauge in (
+            self._metrics.active_model,
+            self._metrics.in_flight,
+            self._metrics.queue_depth,
+        ):
             gauge.labels(model=config.id).set(0)
 
     async def retire(self, model: str) -> None:
         """The model left the configuration: fail its queue with 404, drain and sleep it
         with its old hooks if it is awake (or about to be), then forget it."""
-        runtime = self.models.get(model)
-        if runtime is None or runtime.retired:
+        member = self._members.get(model)
+        if member is None or member.retired:
             return
-        runtime.retired = True
+        member.retired = True
         message = f"model {model!r} was removed from the configuration"
-        self._fail_waiters(runtime, lambda: ModelNotFound(message))
-        waking = self.switching is not None and self.switching.target == model
-        if self.active == model or waking:
-            await self.switch_to(None, unless=lambda: self.active != model or not runtime.retired)
-        if self.models.get(model) is runtime and runtime.retired:
-            del self.models[model]
-            self.metrics.forget_model(model)
+        member.fail_waiters(lambda: ModelNotFound(message))
+        waking = self._switching is not None and self._switching.target == model
+        if model in self._awake or waking:
+            await self.put_to_sleep(
+                model, unless=lambda: model not in self._awake or not member.retired
+            )
+        if self._members.get(model) is member and member.retired:
+            del self._members[model]
+            member.forgotten = True
+            self._metrics.forget_model(model)
 
     # -- requests ----------------------------------------------------------------------
 
     def try_admit(self, model: str) -> InFlightGuard | None:
-        """The fast path, without a coroutine: a guard if `model` is active and free."""
-        runtime = self.models.get(model)
+        """The fast path, without a coroutine: a guard if `model` is awake and free."""
+        member = self._members.get(model)
         if (
-            runtime is None
-            or self.active != model
-            or runtime.draining
-            or runtime.retired
-            or runtime.waiters
+            member is None
+            or model not in self._awake
+            or member.draining
+            or member.retired
+            or member.waiters
             or self._closed
         ):
             return None
-        return self._admit(runtime)
+        return member.admit()
 
     async def acquire(self, model: str) -> InFlightGuard:
-        """Wait until `model` is active and count one request in flight on it."""
-        runtime = self.models.get(model)
-        if runtime is None or runtime.retired:
+        """Wait until `model` is awake and count one request in flight on it."""
+        member = self._members.get(model)
+        if member is None or member.retired:
             raise ModelNotFound(f"model {model!r} was removed from the configuration")
         if self._closed:
             raise ServiceStopping("aiollmux is shutting down")
-        if self.active == model and not runtime.draining and not runtime.waiters:
-            return self._admit(runtime)
-        limit = self.policy_config.max_queued_requests
-        if limit and len(runtime.waiters) >= limit:
-            estimate = self.costs.estimate(self.active, model) or 1.0
+        if model in self._awake and not member.draining and not member.waiters:
+            return member.admit()
+        limit = self._policy_config.max_queued_requests
+        if limit and len(member.waiters) >= limit:
+            estimate = self._costs.estimate(self.active, model) or 1.0
             raise QueueFull(
-                f"model {model!r} already has {len(runtime.waiters)} queued requests", estimate
+                f"model {model!r} already has {len(member.waiters)} queued requests", estimate
             )
-        waiter = _Waiter(asyncio.get_running_loop().create_future(), self.clock())
-        runtime.waiters.append(waiter)
-        self.metrics.queue_depth.labels(model=model).set(len(runtime.waiters))
+        waiter = member.enqueue()
         self._kick.set()
         guard: InFlightGuard | None = None
         try:
-            async with asyncio.timeout(self.policy_config.request_timeout_secs):
+            async with asyncio.timeout(self._policy_config.request_timeout_secs):
                 guard = await waiter.future
         except TimeoutError:
-            waited = self.clock() - waiter.since
+            waited = self._clock() - waiter.since
             logger.warning(
                 "request for %r timed out after %.1fs waiting for the model",
                 model,
@@ -275,48 +487,20 @@ class Switcher:
             ) from None
         finally:
             if guard is None:
-                _abandon(waiter)
-            self._forget_waiter(runtime, waiter)
+                abandon(waiter)
+            member.forget(waiter)
             if waiter.released:  # resumed (or gave up): no longer starting
-                self._starting -= 1
-                if self._starting == 0:
-                    self._all_started.set()
+                self._starting.done()
         return guard
 
-    def _forget_waiter(self, runtime: _ModelRuntime, waiter: _Waiter) -> None:
-        try:
-            runtime.waiters.remove(waiter)
-        except ValueError:
-            return  # already taken off the queue by a release or a failure
-        self.metrics.queue_depth.labels(model=runtime.config.id).set(len(runtime.waiters))
-
-    def _admit(self, runtime: _ModelRuntime) -> InFlightGuard:
-        self.last_activity = self.clock()
-        guard = InFlightGuard(self, runtime.config.id)
-        runtime.in_flight += 1
-        runtime.guards.add(guard)
-        runtime.idle.clear()
-        self.metrics.in_flight_of(runtime.config.id).set(runtime.in_flight)
-        return guard
-
-    def _release(self, guard: InFlightGuard) -> None:
-        runtime = self.models.get(guard.model)
-        if runtime is None or guard not in runtime.guards:
-            return
-        runtime.guards.discard(guard)
-        runtime.in_flight -= 1
-        if guard.model == self.active:  # not a late answer of a model switched away from
-            self.last_activity = self.clock()
-        self.metrics.in_flight_of(guard.model).set(runtime.in_flight)
-        if runtime.in_flight == 0:
-            runtime.idle.set()
-            if self._anyone_waiting():
-                self._kick.set()  # a policy may have been waiting for this model to idle
+    def _released(self, member: Member, guard: InFlightGuard) -> None:
+        if member.in_flight == 0 and self._anyone_waiting():
+            self._kick.set()  # a policy may have been waiting for this model to idle
 
     async def switch_to(
         self, model: str | None, *, unless: Callable[[], bool] | None = None
     ) -> None:
-        """Make `model` active (None: put the active model to sleep), bypassing the policy.
+        """Make `model` active (None: put the awake members to sleep), bypassing the policy.
 
         Raises `WakeFailed` when the wake hook fails. Runs in the driver, so it is
         ordered with every other switch of the group; `unless`, checked there right
@@ -329,23 +513,26 @@ class Switcher:
         self._kick.set()
         await done
 
-    def is_busy(self) -> bool:
-        """Requests in flight or queued anywhere in the group, or a switch under way."""
-        return self.switching is not None or any(
-            r.in_flight or r.waiters for r in self.models.values()
-        )
+    async def put_to_sleep(self, model: str, *, unless: Callable[[], bool] | None = None) -> None:
+        """Drain and sleep one member if it is awake (an admin sleep of a model, idle
+        sleep, a removal); ordered with the group's switches like `switch_to`."""
+        if self._closed:
+            raise ServiceStopping("aiollmux is shutting down")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._forced.append(_ForcedSwitch(None, done, unless, model))
+        self._kick.set()
+        await done
 
     def mark_lost(self, model: str) -> bool:
-        """The active model died on its own: forget it without running its sleep hook."""
-        runtime = self.models.get(model)
-        if runtime is None or self.active != model or self.is_busy():
+        """An awake model died on its own: forget it without running its sleep hook."""
+        if model not in self._members or model not in self._awake or self.is_busy(model):
             return False
         self._set_inactive(model)
         self._kick.set()
         return True
 
     def _anyone_waiting(self) -> bool:
-        return bool(self._forced) or any(r.waiters for r in self.models.values())
+        return bool(self._forced) or any(m.waiters for m in self._members.values())
 
     # -- the driver --------------------------------------------------------------------
 
@@ -358,97 +545,112 @@ class Switcher:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                logger.exception("switcher of group %r failed; continuing", self.group)
+                logger.exception("switcher of group %r failed; continuing", self._group)
                 # Requests may still wait (a policy that raised, say): ask again later.
-                self._retry_at(self.clock() + BACKOFF_SECS)
+                self._retry_at(self._clock() + BACKOFF_SECS)
 
     async def _step(self) -> None:
         while self._forced:
-            item = self._forced_now = self._forced.popleft()
-            target, done, unless = item
-            try:
-                if unless is not None and unless():
-                    error: Exception | None = None
-                else:
-                    error = await self._forced_switch(target, unless)
-            except ModelNotFound as exc:  # removed by a reload while it waited for the lock
-                error = exc
-            except asyncio.CancelledError:
-                raise  # close() fails `done`
-            except Exception as exc:  # whoever asked hears of it, then the driver logs it
-                if not done.done():
-                    done.set_exception(exc)
-                raise
-            finally:
-                self._forced_now = None
-            if not done.done():
-                if error is None:
-                    done.set_result(None)
-                else:
-                    done.set_exception(error)
-        active = self.models.get(self.active) if self.active is not None else None
-        if active is not None and active.waiters and not active.draining:
-            self._release_waiters(active)
+            await self._carry_out(self._forced.popleft())
+        await self._make_fit()
+        for model in self.awake:
+            member = self._members.get(model)
+            if member is not None and member.waiters and not member.draining:
+                member.release_waiters(self._starting)
         context = self._context()
         if context.target is None:
             return
-        now = self.clock()
-        if now < self.backoff_until:
-            self._retry_at(self.backoff_until)
+        now = self._clock()
+        if now < self._backoff_until:
+            self._retry_at(self._backoff_until)
             return
-        decision = self.policy.decide(context)
+        if self._fits_now(context.target):
+            # Waking it puts nothing to sleep: no one gains from waiting (DESIGN §8).
+            decision = Decision.switch(context.target)
+        else:
+            decision = self._policy.decide(context)
         target = decision.target
         if (
             decision.action == "switch"
-            and target in self.models
-            and target != self.active
-            and not self.models[target].retired
+            and target in self._members
+            and target not in self._awake
+            and not self._members[target].retired
         ):
             with contextlib.suppress(ModelNotFound):  # removed while the lock was awaited
                 await self._switch(target)
             self._kick.set()  # others may be waiting: ask again
             return
-        ask_again = next_ask(decision, now, self.policy.tick_interval)
+        ask_again = next_ask(decision, now, self._policy.tick_interval)
         if ask_again is not None:
             # A deferral to now (or the past) would spin the loop: ask a little later.
             self._retry_at(max(ask_again, now + MIN_RETRY_SECS))
 
+    async def _carry_out(self, item: _ForcedSwitch) -> None:
+        self._forced_now = item
+        target, done, unless, only = item
+        try:
+            if unless is not None and unless():
+                error: Exception | None = None
+            elif only is not None:
+                await self._sleep_one(only, unless)
+                error = None
+            else:
+                error = await self._forced_switch(target, unless)
+        except ModelNotFound as exc:  # removed by a reload while it waited for the lock
+            error = exc
+        except asyncio.CancelledError:
+            raise  # close() fails `done`
+        except Exception as exc:  # whoever asked hears of it, then the driver logs it
+            if not done.done():
+                done.set_exception(exc)
+            raise
+        finally:
+            self._forced_now = None
+        if not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
     def _retry_at(self, when: float) -> None:
         if self._retry_handle is not None:
             self._retry_handle.cancel()
-        delay = max(0.0, when - self.clock())
+        delay = max(0.0, when - self._clock())
         self._retry_handle = asyncio.get_running_loop().call_later(delay, self._kick.set)
 
     def _context(self) -> PolicyContext:
-        now = self.clock()
+        now = self._clock()
         queues: dict[str, QueueView] = {}
         target: str | None = None
         oldest = float("inf")
-        for name, runtime in self.models.items():
-            live = [w for w in runtime.waiters if not w.future.done()]
+        for name, member in self._members.items():
+            live = [w for w in member.waiters if not w.future.done()]
             first = live[0].since if live else now
             queues[name] = QueueView(
-                model=name, queued=len(live), oldest_wait=now - first, in_flight=runtime.in_flight
+                model=name, queued=len(live), oldest_wait=now - first, in_flight=member.in_flight
             )
-            if live and name != self.active and first < oldest and not runtime.retired:
+            if live and name not in self._awake and first < oldest and not member.retired:
                 target, oldest = name, first
-        active = queues.get(self.active) if self.active is not None else None
+        active = self.active
+        active_member = self._members.get(active) if active is not None else None
         return PolicyContext(
             now=now,
             target=target,
-            active_model=self.active,
-            active_for=now - self.activated_at if self.active is not None else 0.0,
+            active_model=active,
+            active_for=now - self.activated_at if active is not None else 0.0,
             queues=queues,
-            switch_cost=self.costs.estimate,
+            switch_cost=self._costs.estimate,
             active_idle_for=(
-                now - self.last_activity if active is not None and active.in_flight == 0 else 0.0
+                now - active_member.last_activity
+                if active_member is not None and active_member.in_flight == 0
+                else 0.0
             ),
         )
 
     async def _forced_switch(
         self, target: str | None, unless: Callable[[], bool] | None
     ) -> Exception | None:
-        if target == self.active:
+        if target is not None and target in self._awake:
             return None
         if target is None:
             await self.yield_gpu(unless=unless)
@@ -456,19 +658,96 @@ class Switcher:
         failure = await self._switch(target)
         return None if failure is None else WakeFailed(failure)
 
+    async def _sleep_one(self, model: str, unless: Callable[[], bool] | None) -> None:
+        async with self._hook_lock:
+            if model not in self._awake:
+                return
+            self._switching = Transition(model, None)
+            try:
+                await self._put_to_sleep(model, None, unless)
+            finally:
+                self._switching = None
+
+    async def _make_fit(self) -> None:
+        """After a reload: put members to sleep (policy order) until the group fits its
+        budget again; without a budget, keep only the most recently activated one."""
+        while self._over_budget():
+            async with self._hook_lock:
+                victims = self._victims(None)
+                if not victims:
+                    return
+                self._switching = Transition(victims[0], None)
+                try:
+                    await self._put_to_sleep(victims[0], None)
+                finally:
+                    self._switching = None
+
+    def _over_budget(self) -> bool:
+        budget = self.memory_gb
+        if budget is None:
+            return len(self._awake) > 1
+        used = self.memory_used_gb()
+        return used is not None and used > budget
+
+    def _victims(self, target: str | None) -> list[str]:
+        """Awake members to put to sleep so that `target` (None: nothing) fits, in the
+        order to sleep them: the policy's order, idle members before busy ones, only as
+        many as needed (DESIGN §8). Without a budget: every other awake member."""
+        awake = [name for name in self._awake if name != target and name in self._members]
+        budget = self.memory_gb
+        if budget is None:
+            keep = 0 if target is not None else 1  # an over-full group keeps its newest
+            return awake[: len(awake) - keep] if keep else awake
+        needed = self._memory_of(target) + (self.memory_used_gb() or 0.0) - budget
+        if needed <= 1e-9:
+            return []
+        now = self._clock()
+        views = [
+            VictimView(
+                model=name,
+                memory_gb=self._memory_of(name),
+                idle_for=now - self._members[name].last_activity,
+                in_flight=self._members[name].in_flight,
+                queued=self._members[name].queued,
+                demand=self._members[name].demand(now),
+                bring_back_cost=self._costs.estimate(None, name),
+            )
+            for name in awake
+        ]
+        order = victim_order(self._policy, views, self._context())
+        busy = {view.model for view in views if view.in_flight or view.queued}
+        chosen: list[str] = []
+        for name in [m for m in order if m not in busy] + [m for m in order if m in busy]:
+            if needed <= 1e-9:
+                break
+            chosen.append(name)
+            needed -= self._memory_of(name)
+        return chosen
+
+    def _fits_now(self, target: str) -> bool:
+        """A budget group can wake `target` without putting anything to sleep."""
+        return self.memory_gb is not None and not self._victims(target)
+
+    def _memory_of(self, model: str | None) -> float:
+        if model is None:
+            return 0.0
+        member = self._members.get(model)
+        size = member.config.memory_gb if member is not None else None
+        return size if size is not None else 0.0
+
     async def yield_gpu(self, *, unless: Callable[[], bool] | None = None) -> None:
-        """Drain and sleep the active model (an admin sleep, idle sleep, a removal, or
+        """Drain and sleep the awake members (an admin sleep, idle sleep, a removal, or
         another group's exclusive switch); not if `unless` has become true by the time
         the drain would begin (min_active_secs may have passed meanwhile)."""
-        async with self.busy:
-            source = self.active
-            if source is None:
+        async with self._hook_lock:
+            if not self._awake:
                 return
-            self.switching = Transition(source, None)
             try:
-                await self._put_to_sleep(source, None, unless)
+                for source in self.awake:
+                    self._switching = Transition(source, None)
+                    await self._put_to_sleep(source, None, unless)
             finally:
-                self.switching = None
+                self._switching = None
                 # Called from outside the driver too (another group's exclusive switch):
                 # requests that queued meanwhile were not a target then; they are now.
                 if self._anyone_waiting():
@@ -477,63 +756,109 @@ class Switcher:
     # -- switching ---------------------------------------------------------------------
 
     async def _switch(self, target: str) -> str | None:
-        """Drain and sleep the active model, wake `target`; the failure message, if any."""
-        gate = self.exclusive_gate
+        """Sleep what must make room, wake `target`; the failure message, if any."""
+        gate = self._exclusive_gate
         if gate is None:
-            async with self.busy:
+            async with self._hook_lock:
                 return await self._switch_locked(target)
         # One exclusive switch at a time, and its lock before our own: two exclusive
         # groups can then never wait for each other's locks.
-        async with gate.lock, self.busy:
+        async with gate.lock, self._hook_lock:
             return await self._switch_locked(target)
 
     async def _switch_locked(self, target: str) -> str | None:
-        runtime = self.models.get(target)
-        if runtime is None or runtime.retired:  # a reload removed it while we waited
+        member = self._members.get(target)
+        if member is None or member.retired:  # a reload removed it while we waited
             raise ModelNotFound(f"model {target!r} was removed from the configuration")
-        if runtime.arrival is not None:
-            await asyncio.wait({runtime.arrival})  # its old group puts it to sleep first
-            runtime.arrival = None
-        source = self.active
-        started = self.clock()
-        self.switching = Transition(source, target)
+        if member.arrival is not None:
+            await asyncio.wait({member.arrival})  # its old group puts it to sleep first
+            member.arrival = None
+        victims = self._victims(target)
+        source = victims[-1] if victims else None
+        self._switching = Transition(victims[0] if victims else None, target)
         labels = {"from": source or IDLE, "to": target}
         logger.info(
             "switching %s -> %s",
             source or IDLE,
             target,
-            extra={"event": "switch_started", **labels, "group": self.group},
+            extra={"event": "switch_started", **labels, "group": self._group},
         )
+        # The switch's cost is the time the GPU was unavailable: sleep hooks, the
+        # free-memory wait and the wake hook; not min_active_secs nor the drain.
+        unavailable = 0.0
         try:
-            if source is not None:
-                await self._put_to_sleep(source, target)
-            if self.exclusive_gate is not None:
-                await self.exclusive_gate.clear_others(self)
+            while victims:
+                for victim in victims:
+                    self._switching = Transition(victim, target)
+                    unavailable += await self._put_to_sleep(victim, target)
+                    source = victim
+                victims = self._victims(target)  # a reload may have changed the sizes
+            self._switching = Transition(source, target)
+            if self._exclusive_gate is not None:
+                await self._exclusive_gate.clear_others(self)
+            self._occupying = target
+            self._memory_changed()
+            started = self._clock()
+            problem = await self._check_free_memory(target)
+            unavailable += self._clock() - started
+            if problem is not None:
+                return self._probe_failed(target, source, problem)
+            started = self._clock()
             wake = await self._run_hook(target, "wake")
+            unavailable += self._clock() - started
             if wake.ok:
-                self._activated(target, source, started)
+                self._activated(target, source, unavailable)
                 return None
             return await self._wake_failed(target, source, wake)
         finally:
-            self.switching = None
+            self._switching = None
+            if self._occupying is not None:
+                self._occupying = None
+                self._memory_changed()
+
+    async def _check_free_memory(self, target: str) -> str | None:
+        command = self._settings.free_memory
+        if command is None:
+            return None
+        return await wait_for_free_memory(
+            command,
+            group=self._group,
+            needed_gb=self._memory_of(target),
+            within=self._settings.free_memory_timeout_secs,
+            cwd=self._base_dir,
+        )
+
+    def _probe_failed(self, target: str, source: str | None, problem: str) -> str:
+        """Not enough free memory: the wake hook never ran, so no clean-up sleep runs."""
+        labels = {"from": source or IDLE, "to": target}
+        self._metrics.switch_total.labels(**labels, result="failure").inc()
+        logger.error(
+            "switch to %r failed: %s", target, problem, extra={"event": "switch_failed", **labels}
+        )
+        self._backoff_until = self._clock() + BACKOFF_SECS
+        message = f"wake failed: {problem}"
+        self._members[target].fail_waiters(lambda: WakeFailed(message))
+        return message
 
     async def _put_to_sleep(
         self, source: str, target: str | None, unless: Callable[[], bool] | None = None
-    ) -> None:
-        """Drain and sleep `source`, unless `unless` has become true before it began."""
-        runtime = self.models[source]
-        remaining = self.policy_config.min_active_secs - (self.clock() - self.activated_at)
+    ) -> float:
+        """Drain and sleep `source`, unless `unless` has become true before it began; the
+        seconds its sleep hook took."""
+        member = self._members[source]
+        remaining = self._policy_config.min_active_secs - (self._clock() - self._awake[source])
         if remaining > 0:
             await asyncio.sleep(remaining)
         # Requests just let in must be on their way before the model is marked draining.
-        await self._all_started.wait()
+        await self._starting.wait()
         if unless is not None and unless():
-            return
-        runtime.draining = True
+            return 0.0
+        member.draining = True
         slept = False
         try:
-            await self._drain(runtime, target)
+            await self._drain(member, target)
             slept = True  # from here on the model counts as asleep, whatever happens
+            started = self._clock()
             sleep = await self._run_hook(source, "sleep")
             if not sleep.ok:
                 logger.warning(
@@ -542,48 +867,47 @@ class Switcher:
                     sleep.describe(),
                     extra={"event": "sleep_hook_failed", "model": source},
                 )
+            return self._clock() - started
         finally:
-            runtime.draining = False
+            member.draining = False
             if slept:  # cancelled in the drain (shutdown): still awake, still active
                 self._set_inactive(source)
 
-    async def _drain(self, runtime: _ModelRuntime, target: str | None) -> None:
-        if not self.policy_config.drain_before_switch or runtime.in_flight == 0:
+    async def _drain(self, member: Member, target: str | None) -> None:
+        if not self._policy_config.drain_before_switch or member.in_flight == 0:
             return
-        started = self.clock()
-        limit = self.policy_config.drain_timeout_secs
+        started = self._clock()
+        limit = self._policy_config.drain_timeout_secs
         try:
             async with asyncio.timeout(limit if limit > 0 else None):
-                await runtime.idle.wait()
+                await member.idle.wait()
         except TimeoutError:
             logger.warning(
                 "drain of %r timed out after %.1fs; cutting %d requests",
-                runtime.config.id,
+                member.model,
                 limit,
-                runtime.in_flight,
-                extra={"event": "drain_timeout", "model": runtime.config.id},
+                member.in_flight,
+                extra={"event": "drain_timeout", "model": member.model},
             )
-            for guard in list(runtime.guards):
-                guard.cut()
-            await runtime.idle.wait()
-        self.metrics.switch_drain_duration.labels(
-            **{"from": runtime.config.id, "to": target or IDLE}
-        ).observe(self.clock() - started)
+            member.cut_all()
+            await member.idle.wait()
+        self._metrics.switch_drain_duration.labels(
+            **{"from": member.model, "to": target or IDLE}
+        ).observe(self._clock() - started)
 
     async def _run_hook(self, model: str, hook: Literal["wake", "sleep", "alive"]) -> HookResult:
-        self.hook_running = (model, hook)
+        self._hook_running = (model, hook)
         try:
-            return await self.hooks.run(self.models[model].config, hook, self.base_dir)
+            return await self._hooks.run(self._members[model].config, hook, self._base_dir)
         finally:
-            self.hook_running = None
+            self._hook_running = None
 
-    def _activated(self, target: str, source: str | None, started: float) -> None:
-        seconds = self.clock() - started
+    def _activated(self, target: str, source: str | None, seconds: float) -> None:
         labels = {"from": source or IDLE, "to": target}
-        ema = self.costs.record(source, target, seconds)
-        self.metrics.switch_total.labels(**labels, result="success").inc()
-        self.metrics.switch_duration.labels(**labels).observe(seconds)
-        self.metrics.switch_cost_ema.labels(**labels).set(ema)
+        ema = self._costs.record(source, target, seconds)
+        self._metrics.switch_total.labels(**labels, result="success").inc()
+        self._metrics.switch_duration.labels(**labels).observe(seconds)
+        self._metrics.switch_cost_ema.labels(**labels).set(ema)
         self._set_active(target)
         logger.info(
             "model %r active after %.2fs",
@@ -591,11 +915,11 @@ class Switcher:
             seconds,
             extra={"event": "model_activated", **labels, "seconds": round(seconds, 3)},
         )
-        self._release_waiters(self.models[target])
+        self._members[target].release_waiters(self._starting)
 
     async def _wake_failed(self, target: str, source: str | None, wake: HookResult) -> str:
         labels = {"from": source or IDLE, "to": target}
-        self.metrics.switch_total.labels(**labels, result="failure").inc()
+        self._metrics.switch_total.labels(**labels, result="failure").inc()
         logger.error(
             "switch to %r failed: %s",
             target,
@@ -603,6 +927,8 @@ class Switcher:
             extra={"event": "switch_failed", **labels},
         )
         cleanup = await self._run_hook(target, "sleep")
+        self._occupying = None
+        self._memory_changed()
         if not cleanup.ok:
             logger.warning(
                 "clean-up sleep hook of %r failed: %s",
@@ -610,82 +936,35 @@ class Switcher:
                 cleanup.describe(),
                 extra={"event": "sleep_hook_failed", "model": target},
             )
-        self.backoff_until = self.clock() + BACKOFF_SECS
+        self._backoff_until = self._clock() + BACKOFF_SECS
         message = f"wake failed: {wake.describe()}"
-        self._fail_waiters(self.models[target], lambda: WakeFailed(message))
+        self._members[target].fail_waiters(lambda: WakeFailed(message))
         return message
 
     def _set_active(self, model: str) -> None:
-        self.active = model
-        self.activated_at = self.clock()
-        self.last_activity = self.activated_at
-        self.metrics.active_model.labels(model=model).set(1)
+        now = self._clock()
+        self._awake.pop(model, None)
+        self._awake[model] = now
+        self._members[model].last_activity = now
+        self._metrics.active_model.labels(model=model).set(1)
         self._changed()
 
+    def _memory_changed(self) -> None:
+        self._metrics.group_memory(self._group, self.memory_gb, self.memory_used_gb())
+
     def _changed(self) -> None:
-        self.changes += 1
-        for callback in self.on_change:
+        self._memory_changed()
+        self._changes += 1
+        for callback in self._on_change:
             callback()
 
     def _set_inactive(self, model: str) -> None:
-        if self.active == model:
-            self.metrics.model_active_duration.labels(model=model).observe(
-                self.clock() - self.activated_at
+        activated = self._awake.pop(model, None)
+        if activated is not None:
+            self._metrics.model_active_duration.labels(model=model).observe(
+                self._clock() - activated
             )
-            self.active = None
+            if not self._awake:
+                self._idle_since = self._members[model].last_activity
             self._changed()
-        self.metrics.active_model.labels(model=model).set(0)
-
-    def _release_waiters(self, runtime: _ModelRuntime) -> None:
-        now = self.clock()
-        while runtime.waiters:
-            waiter = runtime.waiters.popleft()
-            if waiter.future.done():
-                continue
-            # Counted in flight before the handler even resumes: the next switch's
-            # drain waits for these requests, so they cannot be starved by a thrash.
-            waiter.future.set_result(self._admit(runtime))
-            waiter.released = True
-            self._starting += 1
-            self._all_started.clear()
-            self.metrics.queue_wait.labels(model=runtime.config.id).observe(now - waiter.since)
-        self.metrics.queue_depth.labels(model=runtime.config.id).set(0)
-
-    def _fail_waiters(self, runtime: _ModelRuntime, error: Callable[[], Exception]) -> None:
-        while runtime.waiters:
-            waiter = runtime.waiters.popleft()
-            if not waiter.future.done():
-                waiter.future.set_exception(error())
-        self.metrics.queue_depth.labels(model=runtime.config.id).set(0)
-
-    # -- reporting ---------------------------------------------------------------------
-
-    def model_status(self, model: str) -> ModelStatus:
-        runtime = self.models[model]
-        if self.hook_running == (model, "wake"):
-            return "waking"
-        if self.hook_running == (model, "sleep"):
-            return "sleeping"
-        if runtime.draining:
-            return "draining"
-        return "active" if self.active == model else "asleep"
-
-    def state(self) -> Literal["idle", "active", "switching"]:
-        if self.switching is not None:
-            return "switching"
-        return "active" if self.active is not None else "idle"
-
-    def in_flight(self, model: str) -> int:
-        return self.models[model].in_flight
-
-    def queued(self, model: str) -> int:
-        return sum(1 for w in self.models[model].waiters if not w.future.done())
-
-
-def _abandon(waiter: _Waiter) -> None:
-    """The request gave up (cancelled, timed out): give back a guard it was handed."""
-    future = waiter.future
-    if not future.done():
-        future.cancel()
-    elif not future.cancelled() and future.exception() is None:
-        future.result().release()
+        self._metrics.active_model.labels(model=model).set(0)

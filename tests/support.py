@@ -14,6 +14,7 @@ import shlex
 import socket
 import sys
 import textwrap
+import time
 import tomllib
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ import aiohttp
 from aiohttp import web
 
 from aiollmux.app import MULTIPLEXER, build_app
-from aiollmux.config import Config, ModelConfig, PolicyConfig, parse_config
+from aiollmux.config import Config, GroupConfig, ModelConfig, PolicyConfig, parse_config
 from aiollmux.cost import SwitchCosts
 from aiollmux.hooks import HookRunner
 from aiollmux.metrics import Metrics
@@ -231,7 +232,59 @@ def two_model_switcher(
         costs=SwitchCosts(),
         metrics=metrics,
         base_dir=tmp_path,
-        **({"clock": clock} if clock is not None else {}),
+        clock=clock if clock is not None else time.monotonic,
+    )
+
+
+def budget_switcher(
+    tmp_path: Path,
+    sizes: dict[str, float],
+    budget: float | None,
+    *,
+    policy: Policy | None = None,
+    clock: Callable[[], float] | None = None,
+    hook_delay: float = 0.0,
+    free_memory: str | None = None,
+    free_memory_timeout_secs: float = 60.0,
+    hooks: dict[str, dict[str, str]] | None = None,
+    costs: SwitchCosts | None = None,
+    metrics: Metrics | None = None,
+    **policy_options: Any,
+) -> Switcher:
+    """A Switcher over models of the given `memory_gb` in a group with `budget` (None: one
+    at a time), hooks journalling to tmp_path/journal.log (no backends)."""
+    state = tmp_path / "state"
+    state.mkdir(exist_ok=True)
+    commands = hook_commands(tmp_path / "journal.log", state, delay=hook_delay)
+    models = {}
+    for index, (name, size) in enumerate(sizes.items()):
+        own = {**commands, **(hooks or {}).get(name, {})}
+        models[name] = ModelConfig(
+            id=name,
+            port=9101 + index,
+            wake=own["wake"],
+            sleep=own["sleep"],
+            alive=own["alive"],
+            memory_gb=size,
+        )
+    config = PolicyConfig(**policy_options)
+    metrics = metrics if metrics is not None else Metrics()
+    return Switcher(
+        group="default",
+        models=models,
+        policy_config=config,
+        policy=policy if policy is not None else load_policy(config),
+        hooks=HookRunner(metrics),
+        costs=costs if costs is not None else SwitchCosts(),
+        metrics=metrics,
+        base_dir=tmp_path,
+        settings=GroupConfig(
+            name="default",
+            memory_gb=budget,
+            free_memory=free_memory,
+            free_memory_timeout_secs=free_memory_timeout_secs,
+        ),
+        clock=clock if clock is not None else time.monotonic,
     )
 
 

@@ -361,6 +361,87 @@ def test_group_flags_false_are_accepted() -> None:
     assert config.models["llama"].group == "gpu0"
 
 
+# -- memory budgets (DESIGN §8) --------------------------------------------------------------
+
+
+def test_a_memory_budget_on_the_default_group_and_sizes_on_its_models() -> None:
+    text = "[groups.default]\nmemory_gb = 24\n" + model(extra="memory_gb = 8.5\n")
+    text += model("embed", 8002, extra="memory_gb = 1\n")
+    config = parse(text)
+    assert config.groups["default"] == GroupConfig(name="default", memory_gb=24.0)
+    assert config.models["llama"].memory_gb == 8.5
+    assert config.models["embed"].memory_gb == 1.0
+
+
+def test_free_memory_probe_and_its_timeout() -> None:
+    text = '[groups.gpu0]\nmemory_gb = 12\nfree_memory = "echo 12"\n'
+    text += "free_memory_timeout_secs = 5\n"
+    config = parse(text + model(extra='group = "gpu0"\nmemory_gb = 4\n'))
+    group = config.groups["gpu0"]
+    assert (group.free_memory, group.free_memory_timeout_secs) == ("echo 12", 5.0)
+    assert GroupConfig(name="x").free_memory_timeout_secs == 60.0
+
+
+def test_a_models_memory_without_a_group_budget_is_kept_and_has_no_effect() -> None:
+    config = parse(model(extra="memory_gb = 80\n"))
+    assert config.models["llama"].memory_gb == 80.0
+    assert config.groups["default"].memory_gb is None
+
+
+BAD_MEMORY = [
+    (
+        "missing on a member",
+        "[groups.gpu0]\nmemory_gb = 24\n" + model(extra='group = "gpu0"\n'),
+        "models.llama.memory_gb",
+        "is required: group 'gpu0' has a memory budget (groups.gpu0.memory_gb = 24)",
+    ),
+    (
+        "larger than the budget",
+        "[groups.default]\nmemory_gb = 8\n" + model(extra="memory_gb = 8.5\n"),
+        "models.llama.memory_gb",
+        "8.5 GiB is more than its group's whole budget (groups.default.memory_gb = 8)",
+    ),
+    (
+        "zero on a model",
+        model(extra="memory_gb = 0\n"),
+        "models.llama.memory_gb",
+        "expected a number greater than 0, got 0",
+    ),
+    (
+        "negative on a group",
+        "[groups.default]\nmemory_gb = -1\n" + LLAMA,
+        "groups.default.memory_gb",
+        "expected a number greater than 0",
+    ),
+    (
+        "not a number",
+        '[groups.default]\nmemory_gb = "24GB"\n' + LLAMA,
+        "groups.default.memory_gb",
+        "expected a number, got the string '24GB'",
+    ),
+    (
+        "probe without a budget",
+        '[groups.default]\nfree_memory = "echo 1"\n' + LLAMA,
+        "groups.default.free_memory",
+        "needs a memory budget",
+    ),
+    (
+        "probe timeout zero",
+        "[groups.default]\nmemory_gb = 8\nfree_memory_timeout_secs = 0\n"
+        + model(extra="memory_gb = 1\n"),
+        "groups.default.free_memory_timeout_secs",
+        "greater than 0",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "message"), [case[1:] for case in BAD_MEMORY], ids=[c[0] for c in BAD_MEMORY]
+)
+def test_bad_memory_settings_name_their_key(text: str, key: str, message: str) -> None:
+    assert_error(text, key, message)
+
+
 # -- empty and missing values --------------------------------------------------------------
 
 EMPTY = [

@@ -294,12 +294,12 @@ async def test_the_context_says_how_long_the_active_model_has_had_no_work(
         working.release()  # in flight reaches zero while beta waits: asked again
         await wait_for(lambda: len(policy.contexts) == 2)
         clock.now = 110.0
-        switcher._kick.set()
+        switcher.reconsider()
         await wait_for(lambda: len(policy.contexts) == 3)
         assert [c.active_idle_for for c in policy.contexts[1:]] == [0.0, 3.0]
         assert policy.contexts[2].queues["beta"].oldest_wait == 5.0
         policy.answers = [Decision.switch("beta")]
-        switcher._kick.set()
+        switcher.reconsider()
         (await asyncio.wait_for(waiting, 10)).release()
     finally:
         await switcher.close()

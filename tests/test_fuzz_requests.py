@@ -703,7 +703,11 @@ def admin_oracle(request: AdminRequest) -> str:
         if not isinstance(name, str) or not name:
             return "model_required"
         return "ok" if name in NAMES else "model_not_found"
-    group = document.get("group")
+    group, name = document.get("group"), document.get("model")
+    if name is not None:  # DESIGN §8: one model, or one group, not both
+        if not isinstance(name, str) or not name or group is not None:
+            return "model_required"
+        return "ok" if name in NAMES else "model_not_found"
     return "ok" if group is None or group == "default" else "model_required"
 
 
@@ -757,6 +761,8 @@ async def test_admin_routes_refuse_bad_bodies_cleanly(lab: Lab) -> None:
                 assert body["status"] == "ok"
                 if request.path == "/admin/switch":
                     assert switcher.active == body["active_model"]
+                elif "model" in body:
+                    assert body["model"] not in switcher.awake
                 else:
                     assert switcher.active is None
             else:

@@ -9,7 +9,15 @@ import pytest
 
 from aiollmux.config import PolicyConfig
 from aiollmux.errors import ConfigError
-from aiollmux.policy import Decision, PolicyContext, QueueView, load_policy
+from aiollmux.policy import (
+    Decision,
+    PolicyContext,
+    QueueView,
+    VictimView,
+    least_recently_used,
+    load_policy,
+    victim_order,
+)
 from aiollmux.policy.fifo import FifoPolicy
 
 
@@ -87,3 +95,50 @@ def test_config_knows_every_builtin_policy() -> None:
     from aiollmux.policy import BUILTINS
 
     assert set(BUILTIN_POLICIES) == set(BUILTINS)
+
+
+def _victim(
+    model: str, *, idle_for: float, demand: float = 0.0, cost: float | None = None
+) -> VictimView:
+    return VictimView(
+        model=model, memory_gb=4.0, idle_for=idle_for, in_flight=0, queued=0, demand=demand,
+        bring_back_cost=cost,
+    )  # fmt: skip
+
+
+def test_fifo_orders_victims_least_recently_used_first() -> None:
+    candidates = [_victim("a", idle_for=1), _victim("b", idle_for=30), _victim("c", idle_for=5)]
+    policy = load_policy(PolicyConfig())
+    assert victim_order(policy, candidates, _context("d")) == ["b", "c", "a"]
+
+
+def test_cost_aware_orders_victims_by_demand_times_the_cost_of_bringing_them_back() -> None:
+    candidates = [
+        _victim("busy-cheap", idle_for=1, demand=10, cost=1.0),  # 10
+        _victim("quiet-dear", idle_for=1, demand=1, cost=60.0),  # 60
+        _victim("rare", idle_for=2, demand=0.5, cost=2.0),  # 1
+        _victim("unmeasured", idle_for=9, demand=0.5, cost=None),  # 0.5 x 10 s = 5
+    ]
+    policy = load_policy(PolicyConfig(name="cost-aware"))
+    order = victim_order(policy, candidates, _context("d"))
+    assert order == ["rare", "unmeasured", "busy-cheap", "quiet-dear"]
+
+
+class NoVictimOrder:
+    tick_interval: float | None = None
+
+    def decide(self, context: PolicyContext) -> Decision:
+        return Decision.skip()
+
+
+class PartialVictimOrder(NoVictimOrder):
+    def order_victims(self, candidates: object, context: PolicyContext) -> list[str]:
+        return ["c", "ghost", "c"]
+
+
+def test_a_policy_without_victim_order_gets_least_recently_used() -> None:
+    candidates = [_victim("a", idle_for=1), _victim("b", idle_for=30), _victim("c", idle_for=5)]
+    assert victim_order(NoVictimOrder(), candidates, _context("d")) == ["b", "c", "a"]
+    assert least_recently_used(candidates) == ["b", "c", "a"]
+    # Its own answer is kept, fixed up: unknown and repeated ids dropped, the rest LRU.
+    assert victim_order(PartialVictimOrder(), candidates, _context("d")) == ["c", "b", "a"]

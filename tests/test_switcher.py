@@ -42,8 +42,7 @@ async def test_guard_handed_to_a_cancelled_request_is_given_back(tmp_path: Path)
         await wait_for(lambda: switcher.queued("alpha") == 1)
         # Release the waiter and cancel its request in the same loop step: the request
         # never gets to use the guard, so it must be given back.
-        switcher.adopt("alpha")
-        switcher._release_waiters(switcher.models["alpha"])
+        switcher.adopt("alpha")  # lets the queue in
         assert switcher.in_flight("alpha") == 1
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -68,7 +67,7 @@ async def test_policy_sees_the_queue_and_defer_waits(tmp_path: Path) -> None:
         assert context.queues["alpha"].queued == 0
         assert switcher.state() == "idle"
         policy.answer = Decision.switch("beta")
-        switcher._kick.set()
+        switcher.reconsider()
         guard = await asyncio.wait_for(task, 10)
         assert switcher.active == "beta"
         guard.release()
@@ -86,10 +85,10 @@ async def test_defer_until_a_time_asks_again(tmp_path: Path) -> None:
         task = asyncio.create_task(switcher.acquire("alpha"))
         await wait_for(lambda: len(policy.contexts) >= 1)
         policy.answer = Decision.defer(until=switcher.clock() + 0.05)
-        switcher._kick.set()
+        switcher.reconsider()
         await wait_for(lambda: len(policy.contexts) >= 3)  # the timer asked again
         policy.answer = Decision.switch("alpha")
-        switcher._kick.set()
+        switcher.reconsider()
         (await asyncio.wait_for(task, 10)).release()
     finally:
         await switcher.close()
@@ -135,7 +134,7 @@ async def test_forced_switch_reports_a_failed_wake(tmp_path: Path) -> None:
     broken = ModelConfig(
         id="alpha", port=9101, wake="echo nope >&2; exit 1", sleep="true", alive="true"
     )
-    switcher.models["alpha"].config = broken
+    switcher.put_model(broken)
     switcher.start()
     try:
         with pytest.raises(WakeFailed, match="nope"):
@@ -148,16 +147,36 @@ async def test_forced_switch_reports_a_failed_wake(tmp_path: Path) -> None:
 
 async def test_model_status_names(tmp_path: Path) -> None:
     switcher = _switcher(tmp_path)
+    gates = {hook: tmp_path / f"go-{hook}" for hook in ("sleep", "wake")}
+
+    def gated(hook: Path) -> str:
+        return f"while [ ! -e {hook} ]; do sleep 0.01; done"
+
+    switcher.put_model(
+        ModelConfig(id="alpha", port=9101, wake="true", sleep=gated(gates["sleep"]), alive="true")
+    )
+    switcher.put_model(
+        ModelConfig(id="beta", port=9102, wake=gated(gates["wake"]), sleep="true", alive="true")
+    )
     assert switcher.model_status("alpha") == "asleep"
     switcher.adopt("alpha")
     assert switcher.model_status("alpha") == "active"
     assert switcher.state() == "active"
-    switcher.models["alpha"].draining = True
-    assert switcher.model_status("alpha") == "draining"
-    switcher.hook_running = ("beta", "wake")
-    assert switcher.model_status("beta") == "waking"
-    switcher.hook_running = ("alpha", "sleep")
-    assert switcher.model_status("alpha") == "sleeping"
+    switcher.start()
+    try:
+        stream = await switcher.acquire("alpha")
+        beta = asyncio.create_task(switcher.acquire("beta"))
+        await wait_for(lambda: switcher.model_status("alpha") == "draining")
+        stream.release()
+        await wait_for(lambda: switcher.model_status("alpha") == "sleeping")
+        gates["sleep"].touch()
+        await wait_for(lambda: switcher.model_status("beta") == "waking")
+        assert switcher.model_status("alpha") == "asleep"
+        gates["wake"].touch()
+        (await asyncio.wait_for(beta, 10)).release()
+        assert switcher.model_status("beta") == "active"
+    finally:
+        await switcher.close()
 
 
 @pytest.mark.parametrize("policy", ["fifo", "cost-aware"])
@@ -256,7 +275,7 @@ async def test_without_drain_released_requests_start_before_the_next_sleep(
 
     async def request(model: str) -> None:
         guard = await switcher.acquire(model)
-        seen.append((model, switcher.models[model].draining, switcher.hook_running))
+        seen.append((model, switcher.model_status(model) == "draining", switcher.hook_running))
         guard.release()
 
     try:
@@ -305,10 +324,10 @@ async def test_shutdown_during_a_drain_leaves_the_model_active(tmp_path: Path) -
     await switcher.switch_to("alpha")
     stream = await switcher.acquire("alpha")
     beta = asyncio.create_task(switcher.acquire("beta"))
-    await wait_for(lambda: switcher.models["alpha"].draining)
+    await wait_for(lambda: switcher.model_status("alpha") == "draining")
     await switcher.close()
     assert switcher.active == "alpha"
-    assert not switcher.models["alpha"].draining
+    assert switcher.model_status("alpha") == "active"
     stream.release()
     with pytest.raises(ServiceStopping):
         await beta

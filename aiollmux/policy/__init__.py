@@ -12,7 +12,10 @@ from aiollmux.policy.base import (
     PolicyContext,
     PolicyFactory,
     QueueView,
+    VictimView,
+    least_recently_used,
     next_ask,
+    victim_order,
 )
 from aiollmux.policy.cost_aware import CostAwarePolicy
 from aiollmux.policy.fifo import FifoPolicy
@@ -25,8 +28,11 @@ __all__ = [
     "Policy",
     "PolicyContext",
     "QueueView",
+    "VictimView",
+    "least_recently_used",
     "load_policy",
     "next_ask",
+    "victim_order",
 ]
 
 

@@ -9,7 +9,7 @@ questions at the same moments, in virtual time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -81,6 +81,39 @@ class Policy(Protocol):
 
 
 PolicyFactory = Callable[[PolicyConfig], Policy]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VictimView:
+    """An awake member of a group with a memory budget that could be put to sleep to make
+    room for another (DESIGN §8)."""
+
+    model: str
+    memory_gb: float
+    idle_for: float  # seconds since a request last started or ended on it (or it woke)
+    in_flight: int
+    queued: int
+    demand: float  # requests it took recently (a count decayed with a 5-minute constant)
+    bring_back_cost: float | None  # EMA estimate of waking it again from idle; None: unknown
+
+
+def least_recently_used(candidates: Sequence[VictimView]) -> list[str]:
+    """fifo's victim order, and the default: the member idle the longest first."""
+    return [view.model for view in sorted(candidates, key=lambda view: -view.idle_for)]
+
+
+def victim_order(
+    policy: object, candidates: Sequence[VictimView], context: PolicyContext
+) -> list[str]:
+    """The policy's `order_victims(candidates, context)` if it has one, else least recently
+    used. Names it leaves out (or invents) are fixed: every candidate appears exactly once,
+    those it left out after it in least-recently-used order."""
+    order = getattr(policy, "order_victims", None)
+    if order is None:
+        return least_recently_used(candidates)
+    known = {view.model for view in candidates}
+    chosen = list(dict.fromkeys(m for m in order(candidates, context) if m in known))
+    return chosen + [m for m in least_recently_used(candidates) if m not in chosen]
 
 
 def next_ask(decision: Decision, now: float, tick_interval: float | None) -> float | None:

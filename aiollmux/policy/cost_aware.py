@@ -11,8 +11,10 @@ keeps no state: every answer follows from the context.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiollmux.config import PolicyConfig
-from aiollmux.policy.base import Decision, PolicyContext, QueueView
+from aiollmux.policy.base import Decision, PolicyContext, QueueView, VictimView
 
 # A deadline computed as `arrival + bound` counts as reached at that very time, whatever
 # the float rounding of `now - arrival`; else a deferral could name the present forever.
@@ -50,6 +52,18 @@ class CostAwarePolicy:
         if settle > SLACK:
             return Decision.defer(until=min(context.now + settle, deadline))
         return Decision.switch(target)
+
+    def order_victims(self, candidates: Sequence[VictimView], context: PolicyContext) -> list[str]:
+        """The least valuable first: lowest recent demand x the cost of bringing it back
+        (the longest idle first among equals)."""
+
+        def value(view: VictimView) -> tuple[float, float]:
+            cost = view.bring_back_cost
+            if cost is None:
+                cost = self.config.initial_switch_cost_secs
+            return (view.demand * max(cost, MIN_COST), -view.idle_for)
+
+        return [view.model for view in sorted(candidates, key=value)]
 
     def bound(self, context: PolicyContext, model: str) -> float:
         """How long a request for `model` may wait while the active model keeps the GPU."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aiollmux.config import PolicyConfig
-from aiollmux.policy.base import Decision, PolicyContext
+from aiollmux.policy.base import Decision, PolicyContext, VictimView, least_recently_used
 
 
 class FifoPolicy:
@@ -16,3 +18,7 @@ class FifoPolicy:
         if context.target is None:
             return Decision.skip()
         return Decision.switch(context.target)
+
+    def order_victims(self, candidates: Sequence[VictimView], context: PolicyContext) -> list[str]:
+        """Least recently used first: the member whose last request ended longest ago."""
+        return least_recently_used(candidates)

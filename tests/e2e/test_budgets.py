@@ -1,0 +1,177 @@
+"""Memory budgets through the daemon (DESIGN §8): several members awake in one group."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.support import Lab, gated_wake, running_daemon, wait_for
+
+BUDGET = "\n[groups.default]\nmemory_gb = 12\n"
+SIZES = {"chat": {"memory_gb": 8}, "embed": {"memory_gb": 1}, "coder": {"memory_gb": 6}}
+
+
+async def test_an_awake_member_answers_while_another_member_wakes(lab: Lab) -> None:
+    await lab.add_backends("chat", "embed")
+    go, hook = gated_wake(lab.tmp, lab.state_dir, "embed")
+    config = lab.config(policy=BUDGET, per_model=SIZES, hooks={"embed": {"wake": hook}})
+    async with running_daemon(config) as daemon:
+        async with await daemon.chat("chat") as response:
+            assert response.status == 200
+        waking = asyncio.create_task(daemon.chat("embed"))
+        await wait_for(lambda: daemon.mux.switchers["default"].model_status("embed") == "waking")
+        async with await daemon.chat("chat") as response:  # not held up by the wake
+            assert (await response.json())["model"] == "chat"
+        status = await daemon.status()
+        group = status["groups"]["default"]
+        assert (group["memory_gb"], group["memory_used_gb"]) == (12, 9)  # embed counts
+        assert group["active_models"] == ["chat"]
+        go.touch()
+        async with await waking as response:
+            assert (await response.json())["model"] == "embed"
+        status = await daemon.status()
+        group = status["groups"]["default"]
+        assert (group["state"], group["active_model"]) == ("active", "embed")
+        assert group["active_models"] == ["chat", "embed"]
+        assert status["models"]["chat"]["state"] == "active"
+        assert status["models"]["embed"]["memory_gb"] == 1
+        metrics = await daemon.metrics()
+        assert 'llmux_active_model{model="chat"} 1.0' in metrics
+        assert 'llmux_active_model{model="embed"} 1.0' in metrics
+        assert 'llmux_group_memory_budget_gb{group="default"} 12.0' in metrics
+        assert 'llmux_group_memory_used_gb{group="default"} 9.0' in metrics
+        assert 'llmux_switch_total{from="idle",result="success",to="embed"} 1.0' in metrics
+        assert "start sleep" not in " ".join(lab.journal.lines())
+    assert lab.violations() == []
+
+
+async def test_waking_a_member_that_does_not_fit_evicts_the_least_recently_used(
+    lab: Lab,
+) -> None:
+    await lab.add_backends("chat", "embed", "coder")
+    async with running_daemon(lab.config(policy=BUDGET, per_model=SIZES)) as daemon:
+        for model in ("chat", "embed", "coder"):  # coder (6) needs chat's 8 GB
+            async with await daemon.chat(model) as response:
+                assert (await response.json())["model"] == model
+        lines = lab.journal.lines()
+        assert lines.index("end sleep chat") < lines.index("start wake coder")
+        assert "start sleep embed" not in lines
+        status = await daemon.status()
+        assert status["groups"]["default"]["active_models"] == ["embed", "coder"]
+        assert status["groups"]["default"]["memory_used_gb"] == 7
+        metrics = await daemon.metrics()
+        assert 'llmux_switch_total{from="chat",result="success",to="coder"} 1.0' in metrics
+        assert 'llmux_active_model{model="chat"} 0.0' in metrics
+    lab.journal.assert_no_overlap()
+    assert lab.violations() == []
+
+
+async def test_admin_sleep_of_one_model_leaves_the_others_awake(lab: Lab) -> None:
+    await lab.add_backends("chat", "embed")
+    async with running_daemon(lab.config(policy=BUDGET, per_model=SIZES)) as daemon:
+        for model in ("chat", "embed"):
+            async with await daemon.chat(model) as response:
+                assert response.status == 200
+        url = f"{daemon.url}/admin/sleep"
+        async with daemon.client.post(url, json={"model": "chat"}) as response:
+            assert response.status == 200
+            assert await response.json() == {"status": "ok", "model": "chat", "state": "asleep"}
+        assert (await daemon.status())["groups"]["default"]["active_models"] == ["embed"]
+        async with daemon.client.post(url, json={"model": "nope"}) as response:
+            assert response.status == 404
+            assert (await response.json())["error"]["code"] == "model_not_found"
+        both = {"model": "embed", "group": "default"}
+        async with daemon.client.post(url, json=both) as response:
+            assert response.status == 400
+        async with daemon.client.post(url, json={}) as response:
+            assert response.status == 200
+        assert (await daemon.status())["groups"]["default"]["active_models"] == []
+    assert lab.violations() == []
+
+
+async def test_alive_members_that_fit_are_all_adopted_at_start(lab: Lab) -> None:
+    await lab.add_backends("chat", "embed")
+    for model in ("chat", "embed"):
+        (lab.state_dir / f"{model}.awake").touch()
+    async with running_daemon(lab.config(policy=BUDGET, per_model=SIZES)) as daemon:
+        status = await daemon.status()
+        assert status["groups"]["default"]["active_models"] == ["chat", "embed"]
+        async with await daemon.chat("chat") as response:
+            assert response.status == 200
+    assert lab.journal.lines() == []  # nothing woken, nothing put to sleep
+    assert lab.violations() == []
+
+
+async def test_alive_members_beyond_the_budget_are_all_put_to_sleep_at_start(lab: Lab) -> None:
+    await lab.add_backends("chat", "embed", "coder")
+    for model in ("chat", "coder"):  # 8 + 6 > 12
+        (lab.state_dir / f"{model}.awake").touch()
+    async with running_daemon(lab.config(policy=BUDGET, per_model=SIZES)) as daemon:
+        status = await daemon.status()
+        assert status["groups"]["default"]["active_models"] == []
+    assert sorted(lab.journal.events("start")) == ["start sleep chat", "start sleep coder"]
+
+
+async def test_an_exclusive_switch_sleeps_every_member_of_a_budget_group(lab: Lab) -> None:
+    await lab.add_backends("chat", "embed", "huge")
+    groups = BUDGET + "[groups.big]\nexclusive = true\n"
+    per_model = {**SIZES, "huge": {"group": "big"}}
+    async with running_daemon(lab.config(policy=groups, per_model=per_model)) as daemon:
+        for model in ("chat", "embed", "huge"):
+            async with await daemon.chat(model) as response:
+                assert (await response.json())["model"] == model
+        lines = lab.journal.lines()
+        wake_huge = lines.index("start wake huge")
+        assert lines.index("end sleep chat") < wake_huge
+        assert lines.index("end sleep embed") < wake_huge
+        assert (await daemon.status())["groups"]["default"]["active_models"] == []
+    lab.journal.assert_no_overlap()
+    assert lab.violations() == []
+
+
+async def test_groups_without_a_budget_show_no_memory(lab: Lab) -> None:
+    await lab.add_backends("chat")
+    async with running_daemon(lab.config(per_model={"chat": {"memory_gb": 8}})) as daemon:
+        async with await daemon.chat("chat") as response:
+            assert response.status == 200
+        status = await daemon.status()
+        group = status["groups"]["default"]
+        assert (group["memory_gb"], group["memory_used_gb"]) == (None, 8)
+        assert group["active_models"] == ["chat"]
+        assert status["models"]["chat"]["memory_gb"] == 8
+        metrics = await daemon.metrics()
+        assert "llmux_group_memory_budget_gb{" not in metrics
+        assert "llmux_group_memory_used_gb{" not in metrics
+
+
+async def test_idle_sleep_puts_each_member_to_sleep_on_its_own(lab: Lab) -> None:
+    await lab.add_backends("chat", "embed")
+    config = lab.config(policy="idle_sleep_secs = 0.3\n" + BUDGET, per_model=SIZES)
+    async with running_daemon(config) as daemon:
+        stream = await daemon.chat("chat", stream=True, chunks=2, gate="g")
+        await stream.content.readuntil(b"\n\n")  # chat stays busy
+        async with await daemon.chat("embed") as response:
+            assert response.status == 200
+        switcher = daemon.mux.switchers["default"]
+        await wait_for(lambda: list(switcher.awake) == ["chat"])  # embed idled out alone
+        lab.backends["chat"].open_gate("g", 1)
+        assert (await stream.content.read()).endswith(b"data: [DONE]\n\n")
+        stream.close()
+        await wait_for(lambda: list(switcher.awake) == [])  # and then chat
+    assert lab.journal.events("start")[-2:] == ["start sleep embed", "start sleep chat"]
+    assert lab.violations() == []
+
+
+async def test_a_member_that_dies_is_marked_lost_and_the_others_stay(lab: Lab) -> None:
+    await lab.add_backends("chat", "embed")
+    config = lab.config(top="alive_interval_secs = 0.1\n", policy=BUDGET, per_model=SIZES)
+    async with running_daemon(config) as daemon:
+        for model in ("chat", "embed"):
+            async with await daemon.chat(model) as response:
+                assert response.status == 200
+        (lab.state_dir / "embed.awake").unlink()  # its server crashed
+        switcher = daemon.mux.switchers["default"]
+        await wait_for(lambda: list(switcher.awake) == ["chat"])
+        assert "start sleep embed" not in lab.journal.lines()  # lost: no sleep hook
+        async with await daemon.chat("embed") as response:  # woken again on demand
+            assert (await response.json())["model"] == "embed"
+    assert lab.violations() == []
