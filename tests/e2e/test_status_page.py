@@ -185,7 +185,7 @@ async def test_every_model_and_a_switch_made_by_a_request_show_live(
         queued = page.locator('#models td[data-label="Queued"]')
         await expect(queued).to_have_text(["0"] * len(config.models))
         cost = row(page, "qwen2.5-coder").locator('td[data-label="Switch cost"]')
-        await expect(cost).not_to_have_text("–")
+        await expect(cost).not_to_have_text("\u2013")  # the dash shown for "unknown"
         assert console.errors == []
 
         png = await page.screenshot(full_page=True)
