@@ -165,6 +165,7 @@ function onEvent(event) {
       setConnection("live", "ok");
       showBanner("");
     }
+    if (duringRefresh) duringRefresh.push(event); // newer than the status being fetched
     state.status = event.status;
     state.lastWake = event.last_wake || {};
     state.timeline = (event.recent || []).filter((e) => TIMELINE_EVENTS.has(e.event));
@@ -190,6 +191,7 @@ function onEvent(event) {
     };
   }
   applyEvent(event);
+  if (duringRefresh) duringRefresh.push(event);
   renderGroups();
   renderModels();
   refreshSoon();
@@ -226,24 +228,35 @@ function applyEvent(event) {
 
 let refreshTimer = null;
 let lastRefresh = 0;
+let duringRefresh = null; // events that arrived while a status request was under way
 
 function refreshSoon() {
-  if (refreshTimer) return;
+  if (refreshTimer || duringRefresh) return; // a refresh that is under way is redone
   const wait = Math.max(0, lastRefresh + REFRESH_MIN_MS - Date.now());
   refreshTimer = setTimeout(refresh, wait);
 }
 
 async function refresh() {
+  refreshTimer = null;
   lastRefresh = Date.now();
+  duringRefresh = [];
+  let missed = [];
   try {
-    state.status = await admin("GET", "/admin/status");
+    const status = await admin("GET", "/admin/status");
+    missed = duringRefresh;
+    if (!missed.some((event) => event.event === "snapshot")) {
+      // The document was made before the events that came meanwhile: apply them again.
+      state.status = status;
+      for (const event of missed) applyEvent(event);
+    }
     renderGroups();
     renderModels();
     renderConfig();
   } catch (error) {
-    // The stream says when the daemon is gone; a missed refresh is retried by the next event.
+    // The stream says when the daemon is gone; the next event asks again.
   } finally {
-    refreshTimer = null;
+    duringRefresh = null;
+    if (missed.length) refreshSoon();
   }
 }
 

@@ -18,7 +18,7 @@ import pytest
 
 from aiollmux.config import load_config
 from tests.screenshot import SCREENSHOT, stamp_of, stamped, ui_digest
-from tests.support import Daemon, Lab, running_daemon
+from tests.support import Daemon, Lab, gated_wake, running_daemon
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -193,6 +193,54 @@ async def test_every_model_and_a_switch_made_by_a_request_show_live(
         digest = ui_digest()
         if not SCREENSHOT.exists() or stamp_of(SCREENSHOT.read_bytes()) != digest:
             SCREENSHOT.write_bytes(stamped(png, digest))  # the page changed: so does the doc
+
+
+async def test_a_status_answer_overtaken_by_events_does_not_undo_them(
+    lab: Lab, browser: Browser
+) -> None:
+    """The page asks /admin/status when a switch starts; an answer that arrives after the
+    switch ended (a slow daemon, a slow network) must not show the switch as still running."""
+    from playwright.async_api import Route, expect
+
+    await lab.add_backends("alpha")
+    go, wake = gated_wake(lab.tmp, lab.state_dir, "alpha")
+    async with running_daemon(lab.config(hooks={"alpha": {"wake": wake}})) as daemon:
+        page, console = await open_page(browser, daemon.url)
+        await wait_live(page)
+        release = asyncio.Event()
+        held: list[str] = []
+        answers: list[str] = []
+        page.on("response", lambda r: answers.append(r.url) if "/admin/status" in r.url else None)
+
+        async def hold_first_answer(route: Route) -> None:
+            answer = await route.fetch()  # the daemon's real answer
+            if not held:
+                held.append(await answer.text())
+                await release.wait()
+            await route.fulfill(response=answer)
+
+        await page.route("**/admin/status", hold_first_answer)
+        switch = asyncio.create_task(
+            daemon.client.post(f"{daemon.url}/admin/switch", json={"model": "alpha"})
+        )
+        await wait_until(lambda: bool(held))  # asked while the wake hook waits for `go`
+        assert '"switching": {"from": null, "to": "alpha"}' in held[0]
+        go.touch()
+        async with await switch as answer:
+            assert answer.status == 200
+        await expect(row(page, "alpha").locator(".badge")).to_have_text("active")
+        release.set()  # now the page gets the answer made during the switch
+        # It knows that answer is older than the events since: it asks again.
+        await wait_until(lambda: len(answers) >= 2)
+        await expect(row(page, "alpha").locator(".badge")).to_have_text("active")
+        await expect(page.locator('[data-group="default"] .badge')).to_have_text("active")
+        assert console.errors == []
+
+
+async def wait_until(predicate: Any) -> None:
+    from tests.support import wait_for
+
+    await wait_for(predicate)
 
 
 async def test_the_buttons_work_against_the_daemon(lab: Lab, browser: Browser) -> None:
