@@ -260,11 +260,14 @@ class EventLogHandler(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if getattr(record, "event", None) is None:
             return
-        entry = log_entry(record)
-        if threading.get_ident() == self._thread:
-            self._hub.publish(entry)
-        else:  # logged off the loop (a config read in a worker thread)
-            self._loop.call_soon_threadsafe(self._hub.publish, entry)
+        try:
+            entry = log_entry(record)
+            if threading.get_ident() == self._thread:
+                self._hub.publish(entry)
+            else:  # logged off the loop (a config read in a worker thread)
+                self._loop.call_soon_threadsafe(self._hub.publish, entry)
+        except Exception:  # never into the switch or request that logged
+            self.handleError(record)
 
 
 @contextlib.contextmanager

@@ -7,6 +7,8 @@ import json
 import logging
 from typing import Any
 
+import pytest
+
 from aiollmux.events import EventHub, Frame, Reader, events_from_log
 
 
@@ -100,3 +102,17 @@ async def test_requests_are_not_counted_without_a_reader() -> None:
     assert (document["count"], document["by_status"]) == (2, {"200": 1, "503": 1})
     await hub.close()
     assert reader.closed
+
+
+async def test_a_failing_event_never_reaches_the_code_that_logged(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub = EventHub(dict)
+
+    def broken(document: dict[str, Any]) -> None:
+        raise RuntimeError("a bug in the hub")
+
+    monkeypatch.setattr(hub, "publish", broken)
+    monkeypatch.setattr(logging, "raiseExceptions", False)  # handleError stays quiet
+    with events_from_log(hub):
+        logging.getLogger("aiollmux.tests").info("still fine", extra={"event": "test"})
