@@ -10,12 +10,16 @@ import asyncio
 import json
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TextIO
 
 import aiohttp
 
 PROGRESS_EVERY_SECS = 0.5
+WATCH_EVERY_SECS = 1.0  # `status --watch` redraws at most this often
+CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 
 class AdminError(Exception):
@@ -50,6 +54,59 @@ class AdminClient:
             raise AdminError(f"HTTP {status}: {message or text[:200]}")
         return document
 
+    async def events(self, session: aiohttp.ClientSession) -> AsyncIterator[dict[str, Any]]:
+        """Follow `GET /admin/events`: each event's object, until the daemon ends the stream."""
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        url = self.url.rstrip("/") + "/admin/events"
+        try:
+            async with session.get(url, headers=self._headers(), timeout=timeout) as response:
+                if response.status >= 400:
+                    text = await response.text()
+                    raise AdminError(f"HTTP {response.status}: {_error_message(text)}")
+                async for document in read_sse(response.content):
+                    yield document
+        except aiohttp.ClientError as exc:
+            raise AdminError(f"cannot reach aiollmux at {self.url}: {exc}") from None
+
+    async def print_events(self, out: TextIO, *, as_json: bool) -> None:
+        """`aiollmux events`: one line per event until the daemon ends the stream."""
+        async with aiohttp.ClientSession() as session:
+            async for event in self.events(session):
+                out.write((json.dumps(event) if as_json else event_line(event)) + "\n")
+                out.flush()
+
+    async def watch_status(self, out: TextIO, *, clear_screen: bool) -> None:
+        """`aiollmux status --watch`: the table again on each change, at most once a second."""
+        async with aiohttp.ClientSession() as session:
+            changed = asyncio.Event()
+            latest: list[dict[str, Any]] = []  # a snapshot's status, until another event
+
+            async def follow() -> None:
+                async for event in self.events(session):
+                    latest[:] = [event["status"]] if event["event"] == "snapshot" else []
+                    changed.set()
+
+            follower = asyncio.create_task(follow())
+            drawn = -WATCH_EVERY_SECS
+            try:
+                while True:
+                    waiter = asyncio.create_task(changed.wait())
+                    await asyncio.wait({follower, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                    if follower.done():
+                        return follower.result()  # the stream ended, or an AdminError
+                    await asyncio.sleep(max(0.0, drawn + WATCH_EVERY_SECS - time.monotonic()))
+                    changed.clear()
+                    status = (
+                        latest[0] if latest else await self.call(session, "GET", "/admin/status")
+                    )
+                    heading = CLEAR_SCREEN if clear_screen else f"-- {time.strftime('%H:%M:%S')}\n"
+                    out.write(heading + render_status(status) + "\n")
+                    out.flush()
+                    drawn = time.monotonic()
+            finally:
+                follower.cancel()
+
     async def status(self) -> dict[str, Any]:
         async with aiohttp.ClientSession() as session:
             return await self.call(session, "GET", "/admin/status")
@@ -75,6 +132,53 @@ class AdminClient:
                     progress.flush()
                     last = line
             return await action
+
+
+def _error_message(text: str) -> str:
+    try:
+        return str(json.loads(text)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        return text[:200]
+
+
+async def read_sse(content: aiohttp.StreamReader) -> AsyncIterator[dict[str, Any]]:
+    """The JSON objects of a Server-Sent Events body (comments, the keep-alives, skipped).
+    Split by hand: a snapshot can be a longer line than aiohttp's readline allows."""
+    pending = b""
+    data: list[str] = []
+    async for chunk in content.iter_any():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for raw in lines:
+            line = raw.decode("utf-8").removesuffix("\r")
+            if line.startswith("data:"):
+                data.append(line[5:].removeprefix(" "))
+            elif not line and data:
+                document = json.loads("\n".join(data))
+                data = []
+                if isinstance(document, dict):
+                    yield document
+
+
+def event_line(event: dict[str, Any]) -> str:
+    """One readable line for an event of the stream (local time)."""
+    when = datetime.fromisoformat(str(event.get("ts"))).astimezone().strftime("%H:%M:%S.%f")[:-3]
+    name = str(event.get("event"))
+    if name == "snapshot":
+        status = event.get("status", {})
+        groups = ", ".join(
+            f"{group} {info.get('state')} ({info.get('active_model') or 'none awake'})"
+            for group, info in status.get("groups", {}).items()
+        )
+        text = f"{len(status.get('models', {}))} models; {groups}"
+    elif name == "requests":
+        counts = ", ".join(f"{code}: {n}" for code, n in event.get("by_status", {}).items())
+        text = f"{event.get('model')}: {event.get('count')} ({counts})"
+    elif name == "dropped":
+        text = f"{event.get('count')} events not delivered (this reader was too slow)"
+    else:
+        text = str(event.get("message", ""))
+    return f"{when} {name:<18} {text}"
 
 
 def _progress_line(status: dict[str, Any]) -> str:

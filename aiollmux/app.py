@@ -27,12 +27,14 @@ from aiollmux.errors import (
     error_body,
     shape_of,
 )
+from aiollmux.events import EventHub, Frame, events_from_log
 from aiollmux.memory import LARGE_BODY_BYTES, HeapTrimmer
 from aiollmux.metrics import CONTENT_TYPE, Metrics
 from aiollmux.multiplexer import Multiplexer
 from aiollmux.proxy import ClientGone, Proxy
 from aiollmux.reload import Reloader
 from aiollmux.routing import decoded_body, find_model, find_model_quickly
+from aiollmux.status_page import ui_asset, ui_not_found, ui_page, ui_redirect
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ PROXY = web.AppKey("proxy", Proxy)
 METRICS = web.AppKey("metrics", Metrics)
 RELOADER = web.AppKey("reloader", Reloader)
 TRIMMER = web.AppKey("trimmer", HeapTrimmer)
+EVENTS = web.AppKey("events", EventHub)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -200,6 +203,7 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
         metrics.request_finished(model.id, status, time.monotonic() - started)
         if len(body) >= LARGE_BODY_BYTES:
             request.app[TRIMMER].large_body_done()
+        request.app[EVENTS].request_finished(model.id, status)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -238,6 +242,30 @@ async def get_model(request: web.Request) -> web.Response:
 async def admin_status(request: web.Request) -> web.Response:
     check_admin(request)
     return json_answer(request.app[MULTIPLEXER].status())
+
+
+async def admin_events(request: web.Request) -> web.StreamResponse:
+    """Server-Sent Events: a snapshot, then the daemon's events (DESIGN §13)."""
+    check_admin(request)
+    hub = request.app[EVENTS]
+    reader = hub.subscribe()
+    try:
+        first = Frame.of(hub.snapshot())  # taken with the subscription: nothing in between
+        response = web.StreamResponse(headers=_EVENT_STREAM_HEADERS)
+        await response.prepare(request)
+        await response.write(first.data)
+        await hub.stream(reader, response)
+        await response.write_eof()
+        return response
+    finally:
+        hub.unsubscribe(reader)
+
+
+_EVENT_STREAM_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",  # nginx: pass events on at once
+}
 
 
 async def _json_object(request: web.Request) -> dict[str, Any]:
@@ -308,7 +336,9 @@ def build_app(
     app[RELOADER] = Reloader(mux, Path(config.source), watch=watch)
     app[PROXY] = Proxy()
     app[TRIMMER] = HeapTrimmer()
+    app[EVENTS] = EventHub(mux.status)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_close_event_streams)
     app.on_shutdown.append(_stop_switching)
     routes: list[tuple[str, str, Handler]] = [
         ("GET", "/health", health),
@@ -319,6 +349,12 @@ def build_app(
         ("POST", "/admin/switch", admin_switch),
         ("POST", "/admin/sleep", admin_sleep),
         ("POST", "/admin/reload", admin_reload),
+        ("GET", "/admin/events", admin_events),
+        ("GET", "/ui", ui_redirect),
+        ("GET", "/ui/", ui_page),
+        ("GET", "/ui/{asset:.+}", ui_asset),
+        ("*", "/ui", ui_not_found),  # the page's paths are never proxied
+        ("*", "/ui/{tail:.*}", ui_not_found),
         ("*", "/{tail:.*}", proxy_handler),  # last: any other path is proxied
     ]
     for method, path, handler in routes:
@@ -332,15 +368,21 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     mux = app[MULTIPLEXER]
     reloader = app[RELOADER]
     try:
-        await mux.adopt_awake_models()
-        mux.start()
-        reloader.start()
-        yield
+        with events_from_log(app[EVENTS]):
+            await mux.adopt_awake_models()
+            mux.start()
+            reloader.start()
+            yield
     finally:
         await reloader.close()
         await mux.close(sleep_active=mux.config.sleep_on_shutdown and mux.served)
         await proxy.close()
         app[TRIMMER].close()
+
+
+async def _close_event_streams(app: web.Application) -> None:
+    # First: an open stream must not hold the graceful shutdown.
+    await app[EVENTS].close()
 
 
 async def _stop_switching(app: web.Application) -> None:

@@ -258,12 +258,35 @@ def _admin(coroutine: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
 @main.command()
 @url_option
 @click.option("--json", "as_json", is_flag=True, help="Print the raw JSON (for scripts).")
-def status(url: str, as_json: bool) -> None:
+@click.option("--watch", is_flag=True, help="Redraw the table on each change (Ctrl-C to stop).")
+def status(url: str, as_json: bool, watch: bool) -> None:
     """Show the daemon's state: active model, in-flight and queued requests, costs."""
     from aiollmux.admin_client import render_status
 
+    if watch:
+        _follow(_client(url).watch_status(sys.stdout, clear_screen=sys.stdout.isatty()))
+        return
     answer = _admin(_client(url).status())
     click.echo(json.dumps(answer, indent=2) if as_json else render_status(answer))
+
+
+@main.command()
+@url_option
+@click.option("--json", "as_json", is_flag=True, help="Print each event's JSON object.")
+def events(url: str, as_json: bool) -> None:
+    """Follow the daemon's events, one line each (Ctrl-C to stop)."""
+    _follow(_client(url).print_events(sys.stdout, as_json=as_json))
+
+
+def _follow(coroutine: Coroutine[Any, Any, None]) -> None:
+    from aiollmux.admin_client import AdminError, run_sync
+
+    try:
+        run_sync(coroutine)
+    except AdminError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    click.echo("the daemon ended the event stream (it stopped or restarted)", err=True)
 
 
 @main.command()
