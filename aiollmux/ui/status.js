@@ -397,14 +397,12 @@ function renderModels() {
   const rows = Object.entries(status.models).map(([name, model]) => {
     const group = status.groups[model.group] || {};
     const switchKey = `switch:${name}`;
-    const sleepKey = `sleep-group:${model.group}`;
+    const sleepKey = `sleep:${name}`;
     const active = model.state === "active";
     const wake = state.lastWake[name];
     const aliases = (model.aliases || []).length ? h("div", { class: "small muted" }, `aliases: ${model.aliases.join(", ")}`) : null;
     const error = state.errors[name] ? h("div", { class: "error small action-error" }, state.errors[name]) : null;
-    const sleepTitle = active
-      ? `Sleeps group ${model.group}, whose active model is ${name}`
-      : `${name} is not awake`;
+    const sleepTitle = active ? `Drain ${name} and put it to sleep` : `${name} is not awake`;
     return h("tr", { "data-model": name, class: model.removed ? "removed" : "" },
       h("td", { "data-label": "Model" }, h("strong", {}, name), model.removed ? " (removed)" : "", aliases, error),
       h("td", { "data-label": "State" }, badge(model.state)),
@@ -423,9 +421,9 @@ function renderModels() {
             title: `Make ${name} the active model now` }),
         actionButton(sleepKey, "Sleep", "Sleeping", name,
           () => {
-            // No per-model sleep in the admin API: the model's group goes to sleep.
-            flash(`Sleeping group ${model.group}, whose active model is ${name}`);
-            act(sleepKey, "Sleeping", name, "POST", "/admin/sleep", { group: model.group });
+            // Only this model: the other awake members of a budget group stay awake.
+            flash(`Sleeping ${name}`);
+            act(sleepKey, "Sleeping", name, "POST", "/admin/sleep", { model: name });
           },
           { disabled: !active, title: sleepTitle })));
   });

@@ -261,7 +261,7 @@ async def test_the_buttons_work_against_the_daemon(lab: Lab, browser: Browser) -
         assert daemon.mux.switchers["default"].active == "alpha"
 
         await row(page, "alpha").get_by_role("button", name="Sleep").click()
-        await expect(page.locator("#config")).to_contain_text("Sleeping group default")
+        await expect(page.locator("#config")).to_contain_text("Sleeping alpha")
         await expect(row(page, "alpha").locator(".badge")).to_have_text("asleep", timeout=10_000)
         assert daemon.mux.switchers["default"].state() == "idle"
 
