@@ -200,6 +200,10 @@ def render_status(status: dict[str, Any]) -> str:
             f" ({switching['from'] or 'idle'} -> {switching['to'] or 'idle'})" if switching else ""
         )
         lines.append(f"group {name}: {group.get('state')}{extra}, active model: {active}")
+        if group.get("memory_gb") is not None:
+            awake = ", ".join(group.get("active_models") or []) or "none"
+            used = _gb(group.get("memory_used_gb"))
+            lines.append(f"  memory: {used} of {_gb(group['memory_gb'])} GB used (awake: {awake})")
     config = status.get("config", {})
     lines.append(f"config: {config.get('path')} (generation {config.get('generation')})")
     if config.get("restart_required"):
@@ -209,19 +213,24 @@ def render_status(status: dict[str, Any]) -> str:
     costs: dict[str, float] = {}
     for entry in status.get("switch_costs", []):
         costs[entry["to"]] = max(costs.get(entry["to"], 0.0), float(entry["seconds"]))
-    rows = [("MODEL", "STATE", "PORT", "IN-FLIGHT", "QUEUED", "SWITCH COST", "GROUP")]
+    rows = [("MODEL", "STATE", "PORT", "IN-FLIGHT", "QUEUED", "SWITCH COST", "GROUP", "MEMORY")]
     for name, info in status.get("models", {}).items():
         cost = f"{costs[name]:.1f}s" if name in costs else "-"
         state = f"{info['state']} (removed)" if info.get("removed") else str(info["state"])
+        memory = "-" if info.get("memory_gb") is None else f"{_gb(info['memory_gb'])} GB"
         rows.append(
             (name, state, str(info["port"]), str(info["in_flight"]),
-             str(info["queued"]), cost, str(info["group"]))
+             str(info["queued"]), cost, str(info["group"]), memory)
         )  # fmt: skip
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines.append("")
     lines += ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
               for row in rows]  # fmt: skip
     return "\n".join(lines)
+
+
+def _gb(value: Any) -> str:
+    return "-" if value is None else f"{float(value):g}"
 
 
 def run_sync(coroutine: Any) -> Any:

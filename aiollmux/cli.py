@@ -302,8 +302,16 @@ def switch(url: str, model: str) -> None:
 @main.command()
 @url_option
 @click.option("--group", help="Only this GPU group (default: every group).")
-def sleep(url: str, group: str | None) -> None:
+@click.option("--model", help="Only this model (the others of its group stay awake).")
+def sleep(url: str, group: str | None, model: str | None) -> None:
     """Drain and put the active model(s) to sleep."""
+    if group and model:
+        raise click.UsageError("give --group or --model, not both")
+    if model:
+        click.echo(f"putting {model} to sleep...", err=True)
+        _admin(_client(url).act("/admin/sleep", {"model": model}, sys.stderr))
+        click.echo(f"{model} is asleep")
+        return
     click.echo("putting the active model to sleep...", err=True)
     body = {"group": group} if group else {}
     _admin(_client(url).act("/admin/sleep", body, sys.stderr))

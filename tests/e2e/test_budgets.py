@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+from aiollmux.admin_client import render_status
+from tests.e2e.test_admin_cli import _cli
 from tests.support import Lab, gated_wake, running_daemon, wait_for
 
 BUDGET = "\n[groups.default]\nmemory_gb = 12\n"
@@ -61,6 +63,13 @@ async def test_waking_a_member_that_does_not_fit_evicts_the_least_recently_used(
         metrics = await daemon.metrics()
         assert 'llmux_switch_total{from="chat",result="success",to="coder"} 1.0' in metrics
         assert 'llmux_active_model{model="chat"} 0.0' in metrics
+        table = render_status(status).splitlines()
+        assert "  memory: 7 of 12 GB used (awake: embed, coder)" in table
+        [header] = [line for line in table if line.startswith("MODEL")]
+        assert header.split()[-1] == "MEMORY"
+        [row] = [line for line in table if line.startswith("coder")]
+        assert row.split()[1] == "active"
+        assert row.endswith("6 GB")
     lab.journal.assert_no_overlap()
     assert lab.violations() == []
 
@@ -82,6 +91,8 @@ async def test_admin_sleep_of_one_model_leaves_the_others_awake(lab: Lab) -> Non
         both = {"model": "embed", "group": "default"}
         async with daemon.client.post(url, json=both) as response:
             assert response.status == 400
+        code, out, err = await _cli("sleep", "--model", "embed", "--url", daemon.url)
+        assert (code, out.strip()) == (0, "embed is asleep"), err
         async with daemon.client.post(url, json={}) as response:
             assert response.status == 200
         assert (await daemon.status())["groups"]["default"]["active_models"] == []
