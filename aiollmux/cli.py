@@ -193,6 +193,44 @@ def presets_command() -> None:
     click.echo("`aiollmux init --preset NAME`. Scripts: " + str(presets.PRESETS_DIR))
 
 
+@main.command("test-hooks")
+@click.argument("model")
+@config_option
+@click.option("--request", is_flag=True, help="Also send the backend one tiny chat request.")
+@click.option(
+    "--server-stays",
+    is_flag=True,
+    help="The engine's sleep keeps its server answering (the port is not checked).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON (for scripts).")
+def test_hooks(
+    model: str, config_path: str, request: bool, server_stays: bool, as_json: bool
+) -> None:
+    """Try MODEL's hooks before going live: wake, sleep, alive, twice (exit 0 if all pass)."""
+    import asyncio
+
+    from aiollmux.hook_check import RefusedError, check_hooks, refuse_if_daemon_has_it_awake
+
+    config = _load(config_path)
+    target = config.resolve(model)
+    if target is None:
+        known = ", ".join(sorted(config.models))
+        click.echo(f"error: no model {model!r} in {config.source} (models: {known})", err=True)
+        sys.exit(2)
+    token = os.environ.get("LLMUX_ADMIN_TOKEN") or None
+    try:
+        asyncio.run(refuse_if_daemon_has_it_awake(config, target.id, token))
+    except RefusedError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    if not as_json:
+        preset = f", preset {target.preset}" if target.preset else ""
+        click.echo(f"testing the hooks of {target.id} (port {target.port}{preset})...", err=True)
+    report = asyncio.run(check_hooks(config, target, request=request, server_stays=server_stays))
+    click.echo(json.dumps(report.as_json(), indent=2) if as_json else report.render())
+    sys.exit(0 if report.ok else 1)
+
+
 @main.command("demo-backend")
 @click.option("--port", type=click.IntRange(1, 65535), envvar="LLMUX_PORT", required=True)
 @click.option("--model", envvar="LLMUX_MODEL", default="demo", show_default=True)
