@@ -26,6 +26,11 @@ if TYPE_CHECKING:
     from aiollmux.logs import LogFormat
 
 CONFIG_ENV = "LLMUX_CONFIG"
+INIT_PRESET_HEADER = (
+    "# aiollmux configuration written by `aiollmux init --preset {name}`: two models whose\n"
+    "# hooks are the {name} preset's. Set each model's [env] (settings: `aiollmux presets`),\n"
+    "# then try its hooks with `aiollmux test-hooks MODEL` before going live.\n\n"
+)
 INIT_HEADER = (
     b"# aiollmux configuration written by `aiollmux init`: two demo models that need no GPU.\n"
     b"# Replace their hooks with your own to serve real models (docs/configuration.md).\n\n"
@@ -115,19 +120,42 @@ def check(config_path: str) -> None:
     for model in sorted(config.models.values(), key=lambda m: m.id):
         aliases = f" (aliases: {', '.join(model.aliases)})" if model.aliases else ""
         group = f" [group {model.group}]" if model.group != "default" else ""
-        click.echo(f"  model {model.id}: port {model.port}{group}{aliases}")
+        preset = f" (preset {model.preset})" if model.preset else ""
+        click.echo(f"  model {model.id}: port {model.port}{group}{preset}{aliases}")
     for warning in config_warnings(config):
         click.echo(f"warning: {warning}", err=True)
 
 
+def _preset_names() -> list[str]:
+    from aiollmux import presets
+
+    return sorted(presets.available())
+
+
 @main.command()
 @click.argument("path", default=DEFAULT_PATH, type=click.Path(dir_okay=False))
-def init(path: str) -> None:
+@click.option(
+    "--preset",
+    "preset_name",
+    metavar="NAME",
+    help="Two models using this hook preset instead of the demo models (`aiollmux presets`).",
+)
+def init(path: str, preset_name: str | None) -> None:
     """Write a starter configuration (two demo models) to PATH; never overwrites."""
     import tomli_w
 
-    from aiollmux.starter import starter_document
+    from aiollmux import presets
+    from aiollmux.starter import preset_document, starter_document
 
+    header, document = INIT_HEADER, starter_document()
+    if preset_name is not None:
+        preset = presets.get(preset_name)
+        if preset is None:
+            known = ", ".join(_preset_names())
+            click.echo(f"error: unknown preset {preset_name!r}: expected one of {known}", err=True)
+            sys.exit(2)
+        header = INIT_PRESET_HEADER.format(name=preset.name).encode()
+        document = preset_document(preset)
     target = Path(path)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -136,8 +164,8 @@ def init(path: str) -> None:
         sys.exit(1)
     try:
         with target.open("xb") as file:
-            file.write(INIT_HEADER)
-            tomli_w.dump(starter_document(), file)
+            file.write(header)
+            tomli_w.dump(document, file)
     except FileExistsError:
         click.echo(f"error: {target} already exists; not overwriting it", err=True)
         sys.exit(1)
@@ -145,6 +173,62 @@ def init(path: str) -> None:
         click.echo(f"error: cannot write {target}: {error.strerror or error}", err=True)
         sys.exit(1)
     click.echo(f"wrote {target}; check it with `aiollmux check -c {target}`")
+
+
+@main.command("presets")
+def presets_command() -> None:
+    """List the hook presets and their settings (set them in [models.ID.env])."""
+    from aiollmux import presets
+
+    for preset in presets.available().values():
+        click.echo(f"{preset.name}: {preset.description}")
+        width = max(len(setting.name) for setting in preset.settings)
+        for setting in preset.settings:
+            default = f" (default: {setting.default})" if setting.default else ""
+            click.echo(f"  {setting.name:<{width}}  {setting.description}{default}")
+        if preset.proxy_paths:
+            click.echo(f"  native paths: {', '.join(preset.proxy_paths)}")
+        click.echo("")
+    click.echo('Use one with `preset = "NAME"` on a model; write a starter with')
+    click.echo("`aiollmux init --preset NAME`. Scripts: " + str(presets.PRESETS_DIR))
+
+
+@main.command("test-hooks")
+@click.argument("model")
+@config_option
+@click.option("--request", is_flag=True, help="Also send the backend one tiny chat request.")
+@click.option(
+    "--server-stays",
+    is_flag=True,
+    help="The engine's sleep keeps its server answering (the port is not checked).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the steps as JSON (for scripts).")
+def test_hooks(
+    model: str, config_path: str, request: bool, server_stays: bool, as_json: bool
+) -> None:
+    """Try MODEL's hooks before going live: wake, sleep, alive, twice (exit 0 if all pass)."""
+    import asyncio
+
+    from aiollmux.hook_check import RefusedError, check_hooks, refuse_if_daemon_has_it_awake
+
+    config = _load(config_path)
+    target = config.resolve(model)
+    if target is None:
+        known = ", ".join(sorted(config.models))
+        click.echo(f"error: no model {model!r} in {config.source} (models: {known})", err=True)
+        sys.exit(2)
+    token = os.environ.get("LLMUX_ADMIN_TOKEN") or None
+    try:
+        asyncio.run(refuse_if_daemon_has_it_awake(config, target.id, token))
+    except RefusedError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(1)
+    if not as_json:
+        preset = f", preset {target.preset}" if target.preset else ""
+        click.echo(f"testing the hooks of {target.id} (port {target.port}{preset})...", err=True)
+    report = asyncio.run(check_hooks(config, target, request=request, server_stays=server_stays))
+    click.echo(json.dumps(report.as_json(), indent=2) if as_json else report.render())
+    sys.exit(0 if report.ok else 1)
 
 
 @main.command("demo-backend")

@@ -11,6 +11,7 @@ import difflib
 import logging
 import math
 import os
+import re
 import shlex
 import string
 import tomllib
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal
 
+from aiollmux import presets
 from aiollmux.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -54,12 +56,16 @@ GROUP_KEYS: Final = (
 MODEL_KEYS: Final = (
     "port", "wake", "sleep", "alive", "wake_timeout_secs", "sleep_timeout_secs",
     "alive_timeout_secs", "aliases", "upstream_model", "group", "memory_gb",
+    "preset", "env",  # DESIGN §14
 )  # fmt: skip
 # GiB: far above any GPU box, and small enough that sums of sizes stay exact enough.
 MAX_MEMORY_GB: Final = 1024.0 * 1024
+# [models.ID.env] may not set these: the daemon sets LLMUX_* for every hook (DESIGN §3).
+RESERVED_ENV_PREFIX: Final = "LLMUX_"
 
 # 1 TiB: far above any real request, and small enough that the byte count stays finite.
 MAX_REQUEST_BODY_MB: Final = 1024 * 1024
+_ENV_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _BARE_KEY_CHARS: Final = frozenset(string.ascii_letters + string.digits + "_-")
 
 
@@ -95,6 +101,8 @@ class ModelConfig:
     upstream_model: str | None = None
     group: str = DEFAULT_GROUP
     memory_gb: float | None = None  # GPU memory it occupies awake (DESIGN §8)
+    preset: str | None = None  # the hooks not given explicitly are this preset's (§14)
+    env: Mapping[str, str] = field(default_factory=dict)  # added to its hooks' environment
 
     def hook(self, name: HookName) -> str:
         return {"wake": self.wake, "sleep": self.sleep, "alive": self.alive}[name]
@@ -458,12 +466,15 @@ def _parse_model(model_id: str, entry: _Table, groups: Mapping[str, GroupConfig]
             f"unknown group {group!r}: declare it as [groups.{_quote_key(group)}]"
             f" (declared: {declared})",
         )
+    preset = _parse_preset(entry)
     return ModelConfig(
         id=model_id,
         port=entry.integer("port", None, low=1, high=65535),
-        wake=entry.string("wake", None, what=command),
-        sleep=entry.string("sleep", None, what=command),
-        alive=entry.string("alive", None, what=command),
+        wake=entry.string("wake", _preset_hook(preset, "wake"), what=command),
+        sleep=entry.string("sleep", _preset_hook(preset, "sleep"), what=command),
+        alive=entry.string("alive", _preset_hook(preset, "alive"), what=command),
+        preset=None if preset is None else preset.name,
+        env=_parse_env(entry.table("env")),
         wake_timeout_secs=entry.number("wake_timeout_secs", 600.0, positive=True),
         sleep_timeout_secs=entry.number("sleep_timeout_secs", 120.0, positive=True),
         alive_timeout_secs=entry.number("alive_timeout_secs", 10.0, positive=True),
@@ -494,6 +505,47 @@ def _model_memory(entry: _Table, group: GroupConfig) -> float | None:
     return memory
 
 
+def _parse_preset(entry: _Table) -> presets.Preset | None:
+    name = entry.optional_string("preset")
+    if name is None:
+        return None
+    preset = presets.get(name)
+    if preset is None:
+        known = sorted(presets.available())
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise entry.error(
+            "preset", f"unknown preset {name!r}: {hint}expected one of {', '.join(known)}"
+        )
+    return preset
+
+
+def _preset_hook(preset: presets.Preset | None, name: HookName) -> str | None:
+    return None if preset is None else preset.hook(name)
+
+
+def _parse_env(table: _Table) -> dict[str, str]:
+    """`[models.ID.env]`: environment variables (strings) for the model's hooks."""
+    env: dict[str, str] = {}
+    for name, value in table.data.items():
+        if _ENV_NAME.fullmatch(name) is None:
+            raise table.error(
+                name, "not an environment variable name (letters, digits and '_', no digit first)"
+            )
+        if name.startswith(RESERVED_ENV_PREFIX):
+            raise table.error(
+                name, f"{RESERVED_ENV_PREFIX}* names are set by aiollmux for every hook run"
+            )
+        if not isinstance(value, str):
+            raise table.error(
+                name, f'expected a string (quote it: {name} = "…"), got {_describe(value)}'
+            )
+        if "\0" in value:
+            raise table.error(name, "must not contain a NUL character")
+        env[name] = value
+    return env
+
+
 def load_config(path: str | os.PathLike[str], data: bytes | None = None) -> Config:
     """Read and parse a configuration file (`data`: its bytes, already read)."""
     file = Path(path)
@@ -513,7 +565,7 @@ def load_config(path: str | os.PathLike[str], data: bytes | None = None) -> Conf
 def config_warnings(config: Config) -> list[str]:
     """What is valid but probably not meant: missing hook scripts, and a request timeout
     shorter than the wait cost-aware may impose (its requests would time out first)."""
-    warnings = hook_warnings(config)
+    warnings = hook_warnings(config) + preset_warnings(config)
     policy = config.policy
     timeout = policy.request_timeout_secs
     if policy.name == "cost-aware" and timeout is not None and timeout < policy.max_wait_secs:
@@ -557,6 +609,27 @@ def hook_warnings(config: Config) -> list[str]:
                 continue
             key = f"models.{_quote_key(model.id)}.{hook}"
             warnings.append(f"{config.source}: {key}: {program} {problem} (looked for {path})")
+    return warnings
+
+
+def preset_warnings(config: Config) -> list[str]:
+    """`[models.ID.env]` names that the model's preset does not read (a typo, most likely),
+    each with the closest setting it knows."""
+    warnings: list[str] = []
+    for model in config.models.values():
+        preset = presets.get(model.preset) if model.preset else None
+        if preset is None:
+            continue
+        known = preset.setting_names
+        for name in model.env:
+            if name in known:
+                continue
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "see `aiollmux presets`"
+            key = f"models.{_quote_key(model.id)}.env.{_quote_key(name)}"
+            warnings.append(
+                f"{config.source}: {key}: the {preset.name} preset has no setting {name}; {hint}"
+            )
     return warnings
 
 

@@ -132,6 +132,7 @@ class _Capture:
 
 def hook_environment(model: ModelConfig, hook: HookName) -> dict[str, str]:
     env = dict(os.environ)
+    env.update(model.env)  # [models.ID.env] wins over the daemon's own (DESIGN §14)
     env["LLMUX_MODEL"] = model.id
     env["LLMUX_PORT"] = str(model.port)
     env["LLMUX_DEST_PORT"] = env["LLMUX_PORT"]  # llmux's name, so its hooks carry over

@@ -11,7 +11,8 @@
 #                       hook reports what it was waiting for before aiollmux kills it)
 #   SLEEP_TIMEOUT_SECS  deadline of a sleep hook (110; below sleep_timeout_secs)
 #   ALIVE_TIMEOUT_SECS  deadline of an alive hook (5; below alive_timeout_secs)
-#   POLL_SECS           pause between two polls (1; fractions work with GNU/busybox sleep)
+#   POLL_SECS           longest pause between two polls (1): polls start 50 ms apart and
+#                       back off, doubling up to this (fractions work with GNU/busybox sleep)
 #   REQUEST_TIMEOUT_SECS  longest single status request (10; loads and sleeps may take until
 #                       the deadline)
 #   STOP_GRACE_SECS     SIGTERM to SIGKILL, for servers the hooks started (30)
@@ -46,26 +47,89 @@ AIOLLMUX_RUN_DIR=${AIOLLMUX_RUN_DIR:-${XDG_RUNTIME_DIR:-${TMPDIR:-/tmp}}/aiollmu
 PIDFILE=$AIOLLMUX_RUN_DIR/$BACKEND-$LLMUX_PORT.pid
 LOGFILE=$AIOLLMUX_RUN_DIR/$BACKEND-$LLMUX_PORT.log
 
-# deadline SECONDS: every wait and request of this hook run ends by then.
-deadline() {
-    case $1 in '' | *[!0-9]*) die "timeout must be a whole number of seconds, got '$1'" ;; esac
-    TIMEOUT_SECS=$1
-    DEADLINE=$(($(date +%s) + $1))
+# Time is counted in hundredths of a second (integers: sh has no fractions), from
+# /proc/uptime where there is one (monotonic, 10 ms steps), else from `date +%s`.
+
+# centis SECONDS: "2", "0.05" or "1.5" seconds in hundredths; fails (1) if not a number.
+centis() {
+    case $1 in '' | . | *[!0-9.]* | *.*.*) return 1 ;; esac
+    _whole=${1%%.*}
+    _frac=
+    case $1 in *.*) _frac=${1#*.} ;; esac
+    _frac=${_frac}00
+    _frac=${_frac%"${_frac#??}"}
+    echo "$(($(strip_zeros "$_whole") * 100 + $(strip_zeros "$_frac")))"
 }
 
+# strip_zeros DIGITS: without leading zeros (sh reads 08 as a bad octal number); "" is 0.
+strip_zeros() {
+    _digits=$1
+    while :; do
+        case $_digits in 0?*) _digits=${_digits#0} ;; *) break ;; esac
+    done
+    echo "${_digits:-0}"
+}
+
+now_centis() {
+    if { read -r _up _idle </proc/uptime; } 2>/dev/null; then
+        strip_zeros "${_up%.*}${_up#*.}" # Linux prints two decimals: 1234.56 -> 123456
+    else
+        echo "$(($(date +%s) * 100))"
+    fi
+}
+
+# seconds CENTIS: hundredths as seconds ("0.05"), for sleep and curl.
+seconds() {
+    printf '%d.%02d' "$(($1 / 100))" "$(($1 % 100))"
+}
+
+POLL_CENTIS=$(centis "$POLL_SECS") || die "POLL_SECS must be a number of seconds, got '$POLL_SECS'"
+[ "$POLL_CENTIS" -ge 1 ] || POLL_CENTIS=1
+REQUEST_TIMEOUT_CENTIS=$(centis "$REQUEST_TIMEOUT_SECS") || die "REQUEST_TIMEOUT_SECS must be a number of seconds, got '$REQUEST_TIMEOUT_SECS'"
+STOP_GRACE_CENTIS=$(centis "$STOP_GRACE_SECS") || die "STOP_GRACE_SECS must be a number of seconds, got '$STOP_GRACE_SECS'"
+
+# deadline SECONDS: every wait and request of this hook run ends by then (to the 10 ms).
+deadline() {
+    _centis=$(centis "$1") || die "timeout must be a number of seconds, got '$1'"
+    TIMEOUT_SECS=$1
+    DEADLINE=$(($(now_centis) + _centis))
+}
+
+# seconds_left: what is left until the deadline, in seconds (at least 0.1: a last request).
 seconds_left() {
-    _left=$((DEADLINE - $(date +%s)))
-    [ "$_left" -ge 1 ] || _left=1
-    echo "$_left"
+    _left=$((DEADLINE - $(now_centis)))
+    [ "$_left" -ge 10 ] || _left=10
+    seconds "$_left"
+}
+
+# poll_start, then poll_wait between two polls: the pauses start at 50 ms and double up to
+# POLL_SECS, so a fast load is seen at once and a slow one is not hammered; poll_wait never
+# sleeps past the deadline and fails (1) once it has passed.
+poll_start() {
+    _pause=5
+    [ "$_pause" -le "$POLL_CENTIS" ] || _pause=$POLL_CENTIS
+}
+
+poll_wait() {
+    _until_deadline=$((DEADLINE - $(now_centis)))
+    [ "$_until_deadline" -gt 0 ] || return 1
+    if [ "$_pause" -le "$_until_deadline" ]; then
+        sleep "$(seconds "$_pause")"
+    else
+        sleep "$(seconds "$_until_deadline")"
+    fi
+    _pause=$((_pause * 2))
+    [ "$_pause" -le "$POLL_CENTIS" ] || _pause=$POLL_CENTIS
 }
 
 # http METHOD PATH [JSON]: one short request (REQUEST_TIMEOUT_SECS at most);
 # http_long METHOD PATH [JSON]: one request that may take until the deadline (a load, a sleep).
 # Both set HTTP_STATUS ("000" when nothing answered) and HTTP_BODY.
 http() {
-    _max=$(seconds_left)
-    [ "$_max" -le "$REQUEST_TIMEOUT_SECS" ] || _max=$REQUEST_TIMEOUT_SECS
-    http_request "$_max" "$@"
+    _left=$((DEADLINE - $(now_centis)))
+    [ "$_left" -le "$REQUEST_TIMEOUT_CENTIS" ] || _left=$REQUEST_TIMEOUT_CENTIS
+    [ "$_left" -ge 10 ] || _left=10
+    http_request "$(seconds "$_left")" "$@"
 }
 
 http_long() {
@@ -116,9 +180,9 @@ json_string() {
 wait_until() {
     _what=$1
     shift
+    poll_start
     until "$@"; do
-        [ "$(date +%s)" -lt "$DEADLINE" ] || die "timed out after ${TIMEOUT_SECS}s waiting for $_what"
-        sleep "$POLL_SECS"
+        poll_wait || die "timed out after ${TIMEOUT_SECS}s waiting for $_what"
     done
 }
 
@@ -168,6 +232,62 @@ group_gone() {
     ! group_alive "$1"
 }
 
+# holds_port PID: a live process of PID's process group listens on LLMUX_PORT, read from
+# /proc/net/tcp{,6} and the processes' fds (Linux; elsewhere a live PID is all the proof there
+# is). Proves that what answers on the port is the server these hooks started.
+holds_port() {
+    pid_alive "$1" || return 1
+    _pid_group=$1
+    [ -r /proc/net/tcp ] || return 0
+    _hex=$(printf ':%04X' "$LLMUX_PORT")
+    _inodes=$(cat /proc/net/tcp /proc/net/tcp6 2>/dev/null |
+        awk -v port="$_hex" '$4 == "0A" && substr($2, length($2) - 4) == port { print $10 }')
+    [ -n "$_inodes" ] || return 1
+    for _file in /proc/[0-9]*/stat; do
+        { read -r _stat <"$_file"; } 2>/dev/null || continue
+        # shellcheck disable=SC2086  # splitting the fields is the point
+        set -- ${_stat##*) }
+        [ "$3" = "$_pid_group" ] || continue
+        _fds=$(ls -l "${_file%/stat}/fd" 2>/dev/null)
+        for _inode in $_inodes; do
+            case $_fds in *"socket:[$_inode]"*) return 0 ;; esac
+        done
+    done
+    return 1
+}
+
+# serves_model ID...: GET /v1/models lists one of the ids.
+serves_model() {
+    http GET /v1/models
+    [ "$HTTP_STATUS" = 200 ] || return 1
+    _models=$(compact "$HTTP_BODY")
+    for _id in "$@"; do
+        case $_models in *"\"id\":$(json_string "$_id")"*) return 0 ;; esac
+    done
+    return 1
+}
+
+# own_server WHAT: die unless a process of the group these hooks started (PIDFILE) listens on
+# the port: a healthy answer alone may come from another program, serving another model.
+own_server() {
+    _pid=$(read_pid)
+    pid_alive "$_pid" || die "port $LLMUX_PORT answers but no $1 started by these hooks runs (no live process in $PIDFILE): another program holds the port; stop it or give this model another port"
+    holds_port "$_pid" || die "port $LLMUX_PORT is held by another program, not by the $1 these hooks started (pid $_pid): stop that program or give this model another port"
+}
+
+# own_or_serving WHAT ID...: like own_server, but a server these hooks did not start (one run
+# as a service) is accepted when GET /v1/models lists one of the ids.
+own_or_serving() {
+    _what=$1
+    shift
+    if pid_alive "$(read_pid)"; then
+        own_server "$_what"
+        return 0
+    fi
+    serves_model "$@" && return 0
+    die "the server on port $LLMUX_PORT was not started by these hooks and does not serve $1 (GET /v1/models: $(answered) $(one_line "$HTTP_BODY" | cut -c1-120)): is another model's server on that port?"
+}
+
 last_log_line() {
     _line=$(tail -n 1 "$LOGFILE" 2>/dev/null)
     one_line "${_line:-(empty)}"
@@ -211,9 +331,10 @@ stop_detached() {
     _pid=$(read_pid)
     if [ -n "$_pid" ] && group_alive "$_pid"; then
         kill -s TERM -- "-$_pid" 2>/dev/null
-        _grace_end=$(($(date +%s) + STOP_GRACE_SECS))
-        while group_alive "$_pid" && [ "$(date +%s)" -lt "$_grace_end" ] && [ "$(date +%s)" -lt "$DEADLINE" ]; do
-            sleep "$POLL_SECS"
+        _grace_end=$(($(now_centis) + STOP_GRACE_CENTIS))
+        poll_start
+        while group_alive "$_pid" && [ "$(now_centis)" -lt "$_grace_end" ] && poll_wait; do
+            :
         done
         if group_alive "$_pid"; then
             kill -s KILL -- "-$_pid" 2>/dev/null

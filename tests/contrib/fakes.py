@@ -152,10 +152,14 @@ class FakeVllm:
         }
         routes: dict[str, Handler] = {
             "GET /health": self.health,
+            "GET /v1/models": self.models,
             "POST /v1/completions": self.complete,
             "/_fake/state": self.state,
         }
         return {**routes, **dev} if self.dev_mode else routes
+
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        return json_answer({"data": [{"id": self.args[1]}]})  # `vllm serve MODEL`
 
     async def health(self, request: web.Request) -> web.StreamResponse:
         return json_answer({})

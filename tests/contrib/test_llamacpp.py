@@ -13,7 +13,15 @@ from tests.contrib.conftest import HOOKS, HookLab
 from tests.contrib.fake_containers import process_alive
 from tests.support import free_port, running_daemon
 
-MODEL_PATH = "/models/m.gguf"
+MODEL_PATH = "m.gguf"  # relative: hooks run in the config's directory, the lab's tmp
+
+
+@pytest.fixture(autouse=True)
+def model_file(hook_lab: HookLab) -> Path:
+    """The .gguf file wake checks for before starting the (fake) server."""
+    path = hook_lab.tmp / MODEL_PATH
+    path.write_bytes(b"GGUF")
+    return path
 
 
 def test_cycle_waits_for_health_and_for_the_process_to_exit(hook_lab: HookLab) -> None:
@@ -91,6 +99,10 @@ async def test_the_snippet_switches_models_through_the_daemon(
     snippet = (HOOKS / "llamacpp" / "llmux.toml").read_text()
     ports = iter([free_port(), free_port()])
     text = re.sub(r"(?m)^port = \d+$", lambda _: f"port = {next(ports)}", snippet)
+    for model_path in re.findall(r"LLAMA_MODEL_PATH=(\S+)", text):
+        local = tmp_path / Path(model_path).name
+        local.write_bytes(b"GGUF")
+        text = text.replace(model_path, str(local))
     text = f"port = {free_port()}\nalive_interval_secs = 0\n" + text
     config = parse_config(text, str(tmp_path / "llmux.toml"), base_dir=tmp_path)
     assert hook_warnings(config) == []

@@ -50,6 +50,10 @@ def test_litellm_config_has_one_deployment_per_box_and_model() -> None:
     assert any(len(netlocs) == 2 for netlocs in boxes_of.values())  # the balanced example
     assert config["litellm_settings"]["request_timeout"] >= starter_request_timeout()
     assert config["general_settings"]["master_key"].startswith("os.environ/")
+    # Health checks that complete on every deployment would wake every model; a retried
+    # wake_failed would run the failed wake again (issue 11).
+    assert config["general_settings"]["background_health_checks"] is False
+    assert config["router_settings"]["num_retries"] == 0
 
 
 def test_nginx_config_streams_and_waits_long_enough() -> None:

@@ -68,7 +68,8 @@ def test_a_server_without_the_memory_saver_is_reported(hook_lab: HookLab) -> Non
     lab = hook_lab
     args = ["-m", "sglang.launch_server", "--model-path", "m", "--port", str(lab.port)]
     lab.start_fake("sglang", *args)
-    lab.ok("sglang", "wake", **SGLANG)  # a server run by someone else is used as it is
+    # A server run by someone else is used as it is, once it serves this model.
+    lab.ok("sglang", "wake", **SGLANG, SGLANG_MODEL_PATH="m")
     assert lab.fails("sglang", "sleep") == (
         "sglang: POST /release_memory_occupation answered HTTP 500:"
         ' {"error": "memory saver is not enabled"}'

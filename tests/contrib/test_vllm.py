@@ -115,7 +115,7 @@ def test_a_server_started_without_dev_mode_is_named_as_the_problem(hook_lab: Hoo
     lab = hook_lab
     environment = {"VLLM_SERVER_DEV_MODE": "0"}
     lab.start_fake("vllm", "serve", "m", "--port", str(lab.port), **environment)
-    assert lab.fails("vllm", "wake") == (
+    assert lab.fails("vllm", "wake", VLLM_MODEL_PATH="m") == (
         f"vllm: vLLM on port {lab.port} has no /is_sleeping:"
         " start it with VLLM_SERVER_DEV_MODE=1 and --enable-sleep-mode"
     )

@@ -16,6 +16,8 @@ if ! ollama_up; then
     fi
     wait_started "ollama serve" ollama_up
 fi
+# An `ollama serve` these hooks started must be the one answering (not another program).
+! pid_alive "$(read_pid)" || own_server "ollama serve"
 
 [ "$OLLAMA_ALL_MODELS" = 1 ] && exit 0
 ollama_keep_alive "$OLLAMA_MODEL" -1

@@ -19,6 +19,8 @@ if ! sglang_up; then
     fi
     wait_started "SGLang ($SGLANG_MODEL_PATH)" sglang_up
 fi
+# The server must be ours, or (run as a service) serve this model: not another model's.
+own_or_serving "SGLang" "$SGLANG_MODEL_PATH" "$LLMUX_MODEL"
 
 if sglang_released; then
     http_long POST /resume_memory_occupation '{}'

@@ -20,6 +20,8 @@ if ! vllm_up; then
     fi
     wait_started "vLLM ($VLLM_MODEL_PATH)" vllm_up
 fi
+# The server must be ours, or (run as a service) serve this model: not another model's.
+own_or_serving "vLLM" "$VLLM_MODEL_PATH" "$LLMUX_MODEL"
 
 vllm_read_sleeping
 if [ "$SLEEPING" = true ]; then

@@ -1,0 +1,7 @@
+#!/bin/sh
+# aiollmux alive hook for llama-server: healthy means /health answers 200.
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+deadline "${ALIVE_TIMEOUT_SECS:-5}"
+
+llama_up || die "llama-server is not healthy on port $LLMUX_PORT (/health: $(answered))"

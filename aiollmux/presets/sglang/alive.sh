@@ -1,0 +1,11 @@
+#!/bin/sh
+# aiollmux alive hook for SGLang: healthy means /health answers 200 and the memory is not
+# released.
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
+deadline "${ALIVE_TIMEOUT_SECS:-5}"
+
+# The marker first: /health generates a token, which a released server cannot do.
+sglang_released && die "SGLang on port $LLMUX_PORT has released its memory (asleep)"
+sglang_ready || die "SGLang is not healthy on port $LLMUX_PORT (/health: $(answered))"
+exit 0
