@@ -486,6 +486,18 @@ def migrate(source: Path, output: Path | None) -> None:
 )
 @click.option("--seed", type=int, default=1, show_default=True, help="Seed of the workload.")
 @click.option(
+    "--memory-gb",
+    type=click.FloatRange(min=0, min_open=True),
+    help="A memory budget: models stay awake together while their --size fit in it.",
+)
+@click.option(
+    "--size",
+    "sizes",
+    multiple=True,
+    metavar="MODEL=GB",
+    help="A model's memory_gb (with --memory-gb: one for every model).",
+)
+@click.option(
     "--csv",
     "csv_path",
     type=click.Path(dir_okay=False, allow_dash=True),

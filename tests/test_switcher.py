@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import itertools
 from pathlib import Path
@@ -353,3 +354,24 @@ async def test_an_idle_sleep_held_by_min_active_secs_is_dropped_if_a_request_cam
         assert "start sleep alpha" not in Journal(tmp_path / "journal.log").lines()
     finally:
         await switcher.close()
+
+
+def test_nothing_outside_the_switcher_assigns_its_attributes() -> None:
+    # Issue 14: commands in, read-only views out. An assignment to `<...>switcher.<attr>`
+    # anywhere but in the switcher's own module is the shared state coming back.
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for path in [*root.joinpath("aiollmux").rglob("*.py"), *root.joinpath("tests").rglob("*.py")]:
+        if path.name == "switcher.py" and path.parent.name == "aiollmux":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets = (
+                node.targets if isinstance(node, ast.Assign)
+                else [node.target] if isinstance(node, ast.AugAssign | ast.AnnAssign)
+                else []
+            )  # fmt: skip
+            for target in targets:
+                owner = target.value if isinstance(target, ast.Attribute) else None
+                if owner is not None and "switcher" in ast.unparse(owner).lower():
+                    offenders.append(f"{path.relative_to(root)}:{target.lineno}")
+    assert offenders == []

@@ -45,6 +45,8 @@ class Options:
     config_path: str | None = None
     concurrency: int = 0
     seed: int = 1
+    memory_gb: float | None = None
+    sizes: Sequence[str] = ()
     csv_path: str | None = None
     json_path: str | None = None
     compare: bool = False
@@ -67,7 +69,7 @@ def execute(options: Options) -> Output:
     policies = policy_configs(options.policies or DEFAULT_POLICIES, knobs)
     try:
         summaries = run_scenario(scenario, policies)
-    except WorkloadError as error:
+    except (WorkloadError, ValueError) as error:  # a bad trace, a missing or too large size
         raise UsageError(str(error)) from None
     return _render(options, scenario, summaries)
 
@@ -126,6 +128,17 @@ def _scenario(options: Options) -> Scenario:
         params = parse_params(dict(_key_value(p, "--param") for p in options.params), base)
     except (CostSpecError, WorkloadError) as error:
         raise UsageError(str(error)) from None
+    if options.sizes and options.memory_gb is None:
+        raise UsageError("--size needs --memory-gb (a budget to fit the sizes in)")
+    sizes = {}
+    for setting in options.sizes:
+        model, text = _key_value(setting, "--size")
+        try:
+            sizes[model] = float(text)
+        except ValueError:
+            raise UsageError(f"--size {setting!r}: {text!r} is not a number of GB") from None
+        if not sizes[model] > 0:
+            raise UsageError(f"--size {setting!r}: expected more than 0 GB")
     return Scenario(
         workload=options.workload,
         trace=options.trace,
@@ -134,6 +147,8 @@ def _scenario(options: Options) -> Scenario:
         hook_costs=costs,
         concurrency=options.concurrency,
         seed=options.seed,
+        memory_gb=options.memory_gb,
+        sizes=tuple(sizes.items()),
     )
 
 

@@ -18,7 +18,7 @@ from typing import Literal
 
 from aiollmux.config import PolicyConfig
 from aiollmux.cost import SwitchCosts
-from aiollmux.policy import PolicyContext, QueueView, load_policy, next_ask
+from aiollmux.policy import Decision, PolicyContext, QueueView, load_policy, next_ask
 from aiollmux.simulate.costs import HookCosts
 from aiollmux.simulate.workload import Job, Workload
 
@@ -192,7 +192,7 @@ class Simulation:
         request = Request(len(self.requests), job)
         self.requests.append(request)
         backend = self.models[job.model]
-        if self.active == job.model and not backend.draining and not backend.waiters:
+        if self._is_awake(job.model) and not backend.draining and not backend.waiters:
             self._admit(backend, request)
             return
         limit = self.config.max_queued_requests
@@ -204,6 +204,9 @@ class Simulation:
         if timeout is not None:
             request.timer = self._at(self.now + timeout, lambda: self._time_out(backend, request))
         self._kick()
+
+    def _is_awake(self, model: str) -> bool:
+        return self.active == model
 
     def _admit(self, backend: _Backend, request: Request) -> None:
         if request.timer is not None:
@@ -296,6 +299,10 @@ class Simulation:
         if decision.action == "switch" and target in self.models and target != self.active:
             self._start_switch(target)
             return
+        self._step_deferred(decision)
+
+    def _step_deferred(self, decision: Decision) -> None:
+        """The policy did not switch: ask again when it said (or at its tick)."""
         ask_again = next_ask(decision, self.now, self.policy.tick_interval)
         if ask_again is not None:
             if self._retry is not None:
@@ -325,7 +332,7 @@ class Simulation:
                 oldest_wait=self.now - first,
                 in_flight=backend.in_flight,
             )
-            if backend.waiters and name != self.active and first < oldest:
+            if backend.waiters and not self._is_awake(name) and first < oldest:
                 target, oldest = name, first
         active = queues.get(self.active) if self.active is not None else None
         return PolicyContext(

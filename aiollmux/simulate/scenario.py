@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Final
 
 from aiollmux.config import PolicyConfig, parse_policy
+from aiollmux.simulate.budget import simulate_budget
 from aiollmux.simulate.costs import HookCosts
-from aiollmux.simulate.engine import simulate
+from aiollmux.simulate.engine import Run, simulate
 from aiollmux.simulate.report import Summary, summarize
 from aiollmux.simulate.workload import DEFAULTS, Params, Workload, generate, load_trace
 
@@ -28,6 +29,8 @@ class Scenario:
     hook_costs: HookCosts = field(default_factory=HookCosts)
     concurrency: int = 0  # requests a backend serves at once; 0: no limit (a batching server)
     seed: int = 1
+    memory_gb: float | None = None  # a memory budget: several models awake (DESIGN §8)
+    sizes: tuple[tuple[str, float], ...] = ()  # each model's memory_gb
 
     def make_workload(self) -> Workload:
         """A fresh copy (sessions are consumed by a run): the same clients every time."""
@@ -47,6 +50,8 @@ class Scenario:
             "switch_cost": self.hook_costs.describe(),
             "concurrency": self.concurrency,
             "seed": self.seed,
+            "memory_gb": self.memory_gb,
+            "sizes": dict(self.sizes),
         }
 
 
@@ -62,17 +67,22 @@ def policy_configs(
 
 
 def run_scenario(scenario: Scenario, policies: Sequence[PolicyConfig]) -> list[Summary]:
-    return [
-        summarize(
-            simulate(
-                scenario.make_workload(),
-                policy,
-                scenario.hook_costs,
-                concurrency=scenario.concurrency,
-            )
+    return [summarize(_run(scenario, policy)) for policy in policies]
+
+
+def _run(scenario: Scenario, policy: PolicyConfig) -> Run:
+    if scenario.memory_gb is None:
+        return simulate(
+            scenario.make_workload(), policy, scenario.hook_costs, concurrency=scenario.concurrency
         )
-        for policy in policies
-    ]
+    return simulate_budget(
+        scenario.make_workload(),
+        policy,
+        scenario.hook_costs,
+        memory_gb=scenario.memory_gb,
+        sizes=dict(scenario.sizes),
+        concurrency=scenario.concurrency,
+    )
 
 
 # -- the comparison table of docs/policies.md -----------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from aiollmux.admin_client import render_status
+from aiollmux.config import load_config
 from tests.e2e.test_admin_cli import _cli
 from tests.support import Lab, gated_wake, running_daemon, wait_for
 
@@ -185,4 +186,42 @@ async def test_a_member_that_dies_is_marked_lost_and_the_others_stay(lab: Lab) -
         assert "start sleep embed" not in lab.journal.lines()  # lost: no sleep hook
         async with await daemon.chat("embed") as response:  # woken again on demand
             assert (await response.json())["model"] == "embed"
+    assert lab.violations() == []
+
+
+async def test_reloads_add_lower_and_remove_the_budget(lab: Lab) -> None:
+    await lab.add_backends("chat", "embed")
+    path = lab.tmp / "llmux.toml"
+    single = lab.config_text(per_model=SIZES)
+    path.write_text(single)
+    async with running_daemon(load_config(path)) as daemon:
+        switcher = daemon.mux.switchers["default"]
+
+        async def reload(text: str) -> None:
+            path.write_text(text)
+            async with daemon.client.post(f"{daemon.url}/admin/reload") as response:
+                assert (await response.json())["status"] in ("applied", "unchanged")
+
+        async def chat(model: str) -> None:
+            async with await daemon.chat(model) as response:
+                assert (await response.json())["model"] == model
+
+        await chat("chat")
+        await reload(single.replace("[policy]\n", "[policy]\n" + BUDGET, 1))  # added
+        await chat("embed")  # fits beside chat: nothing is put to sleep
+        assert list(switcher.awake) == ["chat", "embed"]
+        assert "start sleep" not in " ".join(lab.journal.lines())
+        await chat("embed")  # chat is now the least recently used
+        lowered = BUDGET.replace("memory_gb = 12", "memory_gb = 8.5")
+        await reload(single.replace("[policy]\n", "[policy]\n" + lowered, 1))
+        await wait_for(lambda: list(switcher.awake) == ["embed"])  # 9 > 8.5: chat goes
+        await chat("chat")  # 9 again does not fit: embed (LRU now) makes room
+        assert list(switcher.awake) == ["chat"]
+        await reload(single.replace("[policy]\n", "[policy]\n" + BUDGET, 1))
+        await chat("embed")
+        await reload(single)  # removed: only the most recently activated stays
+        await wait_for(lambda: list(switcher.awake) == ["embed"])
+        status = await daemon.status()
+        assert status["groups"]["default"]["memory_gb"] is None
+    lab.journal.assert_no_overlap()
     assert lab.violations() == []
