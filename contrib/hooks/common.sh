@@ -11,8 +11,9 @@
 #                       hook reports what it was waiting for before aiollmux kills it)
 #   SLEEP_TIMEOUT_SECS  deadline of a sleep hook (110; below sleep_timeout_secs)
 #   ALIVE_TIMEOUT_SECS  deadline of an alive hook (5; below alive_timeout_secs)
-#   POLL_SECS           longest pause between two polls (1): polls start 50 ms apart and
-#                       back off, doubling up to this (fractions work with GNU/busybox sleep)
+#   POLL_SECS           longest pause between two polls (1): polls are 50 ms apart for the
+#                       first second, then back off, doubling up to this (fractions work
+#                       with GNU/busybox sleep)
 #   REQUEST_TIMEOUT_SECS  longest single status request (10; loads and sleeps may take until
 #                       the deadline)
 #   STOP_GRACE_SECS     SIGTERM to SIGKILL, for servers the hooks started (30)
@@ -50,29 +51,38 @@ LOGFILE=$AIOLLMUX_RUN_DIR/$BACKEND-$LLMUX_PORT.log
 # Time is counted in hundredths of a second (integers: sh has no fractions), from
 # /proc/uptime where there is one (monotonic, 10 ms steps), else from `date +%s`.
 
-# centis SECONDS: "2", "0.05" or "1.5" seconds in hundredths; fails (1) if not a number.
-centis() {
+# to_centis SECONDS: "2", "0.05" or "1.5" seconds in hundredths, in CENTIS; fails (1) if not
+# a number. (Variables, not output: every $(...) forks, and hooks should start fast.)
+to_centis() {
     case $1 in '' | . | *[!0-9.]* | *.*.*) return 1 ;; esac
-    _whole=${1%%.*}
     _frac=
     case $1 in *.*) _frac=${1#*.} ;; esac
     _frac=${_frac}00
-    _frac=${_frac%"${_frac#??}"}
-    echo "$(($(strip_zeros "$_whole") * 100 + $(strip_zeros "$_frac")))"
+    strip_zeros "${_frac%"${_frac#??}"}"
+    _hundredths=$_digits
+    strip_zeros "${1%%.*}"
+    CENTIS=$((_digits * 100 + _hundredths))
 }
 
-# strip_zeros DIGITS: without leading zeros (sh reads 08 as a bad octal number); "" is 0.
+# centis SECONDS: to_centis, printed.
+centis() {
+    to_centis "$1" && echo "$CENTIS"
+}
+
+# strip_zeros NUMBER: its digits without leading zeros (sh reads 08 as a bad octal number) in _digits;
+# "" is 0.
 strip_zeros() {
     _digits=$1
     while :; do
         case $_digits in 0?*) _digits=${_digits#0} ;; *) break ;; esac
     done
-    echo "${_digits:-0}"
+    _digits=${_digits:-0}
 }
 
 now_centis() {
     if { read -r _up _idle </proc/uptime; } 2>/dev/null; then
         strip_zeros "${_up%.*}${_up#*.}" # Linux prints two decimals: 1234.56 -> 123456
+        echo "$_digits"
     else
         echo "$(($(date +%s) * 100))"
     fi
@@ -83,16 +93,19 @@ seconds() {
     printf '%d.%02d' "$(($1 / 100))" "$(($1 % 100))"
 }
 
-POLL_CENTIS=$(centis "$POLL_SECS") || die "POLL_SECS must be a number of seconds, got '$POLL_SECS'"
+to_centis "$POLL_SECS" || die "POLL_SECS must be a number of seconds, got '$POLL_SECS'"
+POLL_CENTIS=$CENTIS
 [ "$POLL_CENTIS" -ge 1 ] || POLL_CENTIS=1
-REQUEST_TIMEOUT_CENTIS=$(centis "$REQUEST_TIMEOUT_SECS") || die "REQUEST_TIMEOUT_SECS must be a number of seconds, got '$REQUEST_TIMEOUT_SECS'"
-STOP_GRACE_CENTIS=$(centis "$STOP_GRACE_SECS") || die "STOP_GRACE_SECS must be a number of seconds, got '$STOP_GRACE_SECS'"
+to_centis "$REQUEST_TIMEOUT_SECS" || die "REQUEST_TIMEOUT_SECS must be a number of seconds, got '$REQUEST_TIMEOUT_SECS'"
+REQUEST_TIMEOUT_CENTIS=$CENTIS
+to_centis "$STOP_GRACE_SECS" || die "STOP_GRACE_SECS must be a number of seconds, got '$STOP_GRACE_SECS'"
+STOP_GRACE_CENTIS=$CENTIS
 
 # deadline SECONDS: every wait and request of this hook run ends by then (to the 10 ms).
 deadline() {
-    _centis=$(centis "$1") || die "timeout must be a number of seconds, got '$1'"
+    to_centis "$1" || die "timeout must be a number of seconds, got '$1'"
     TIMEOUT_SECS=$1
-    DEADLINE=$(($(now_centis) + _centis))
+    DEADLINE=$(($(now_centis) + CENTIS))
 }
 
 # seconds_left: what is left until the deadline, in seconds (at least 0.1: a last request).
@@ -102,24 +115,26 @@ seconds_left() {
     seconds "$_left"
 }
 
-# poll_start, then poll_wait between two polls: the pauses start at 50 ms and double up to
-# POLL_SECS, so a fast load is seen at once and a slow one is not hammered; poll_wait never
+# poll_start, then poll_wait between two polls: 50 ms pauses for the first second (a small
+# model loads in a fraction of one, a server exits in less), then each pause doubles up to
+# POLL_SECS, so a fast load is seen at once and a slow one is not hammered. poll_wait never
 # sleeps past the deadline and fails (1) once it has passed.
 poll_start() {
     _pause=5
-    [ "$_pause" -le "$POLL_CENTIS" ] || _pause=$POLL_CENTIS
+    _poll_started=$(now_centis)
 }
 
 poll_wait() {
-    _until_deadline=$((DEADLINE - $(now_centis)))
+    _now=$(now_centis)
+    _until_deadline=$((DEADLINE - _now))
     [ "$_until_deadline" -gt 0 ] || return 1
+    [ $((_now - _poll_started)) -lt 100 ] || _pause=$((_pause * 2))
+    [ "$_pause" -le "$POLL_CENTIS" ] || _pause=$POLL_CENTIS
     if [ "$_pause" -le "$_until_deadline" ]; then
         sleep "$(seconds "$_pause")"
     else
         sleep "$(seconds "$_until_deadline")"
     fi
-    _pause=$((_pause * 2))
-    [ "$_pause" -le "$POLL_CENTIS" ] || _pause=$POLL_CENTIS
 }
 
 # http METHOD PATH [JSON]: one short request (REQUEST_TIMEOUT_SECS at most);
@@ -213,10 +228,9 @@ pid_alive() {
 # GPU memory too: vLLM's engine core, tensor-parallel ranks).
 group_alive() {
     [ -n "$1" ] || return 1
-    [ -d /proc/self ] || {
-        kill -s 0 -- "-$1" 2>/dev/null
-        return
-    }
+    # No process at all in the group (the usual case once it has exited): no scan needed.
+    kill -s 0 -- "-$1" 2>/dev/null || return 1
+    [ -d /proc/self ] || return 0
     _pgid=$1
     for _file in /proc/[0-9]*/stat; do
         { read -r _stat <"$_file"; } 2>/dev/null || continue
@@ -243,6 +257,11 @@ holds_port() {
     _inodes=$(cat /proc/net/tcp /proc/net/tcp6 2>/dev/null |
         awk -v port="$_hex" '$4 == "0A" && substr($2, length($2) - 4) == port { print $10 }')
     [ -n "$_inodes" ] || return 1
+    # The server's first process usually holds the socket itself: look there before the group.
+    _fds=$(ls -l "/proc/$1/fd" 2>/dev/null)
+    for _inode in $_inodes; do
+        case $_fds in *"socket:[$_inode]"*) return 0 ;; esac
+    done
     for _file in /proc/[0-9]*/stat; do
         { read -r _stat <"$_file"; } 2>/dev/null || continue
         # shellcheck disable=SC2086  # splitting the fields is the point

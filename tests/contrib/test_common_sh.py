@@ -52,23 +52,36 @@ def _stranger() -> Iterator[int]:
 # -- polling and deadlines ---------------------------------------------------------------
 
 
-def test_polls_start_at_50_ms_and_double_up_to_poll_secs(hook_lab: HookLab) -> None:
-    # `sleep` replaced by a function that records its argument; the command fails 8 times.
+def test_polls_are_50_ms_for_a_second_then_double_up_to_poll_secs(hook_lab: HookLab) -> None:
+    # A fake clock: `sleep` records its argument and moves the clock on by it; the command
+    # fails 24 times.
     script = """
-        sleep() { echo "$1" >>pauses; }
+        echo 100000 >clock
+        now_centis() { cat clock; }
+        sleep() {
+            echo "$1" >>pauses
+            set -- "$(centis "$1")"
+            echo $(($(cat clock) + $1)) >clock
+        }
         tries=0
-        fails_8_times() { tries=$((tries + 1)); [ "$tries" -gt 8 ]; }
+        fails_24_times() { tries=$((tries + 1)); [ "$tries" -gt 24 ]; }
         deadline 600
-        wait_until "the test" fails_8_times
+        wait_until "the test" fails_24_times
     """
     result = _sourced(hook_lab, script, POLL_SECS="1")
     assert result.returncode == 0, result.stderr
     pauses = (hook_lab.tmp / "pauses").read_text().split()
-    assert pauses == ["0.05", "0.10", "0.20", "0.40", "0.80", "1.00", "1.00", "1.00"]
+    assert pauses == ["0.05"] * 20 + ["0.10", "0.20", "0.40", "0.80"]
     (hook_lab.tmp / "pauses").unlink()
     assert _sourced(hook_lab, script, POLL_SECS="0.3").returncode == 0
     pauses = (hook_lab.tmp / "pauses").read_text().split()
-    assert pauses == ["0.05", "0.10", "0.20", "0.30", "0.30", "0.30", "0.30", "0.30"]
+    assert pauses == ["0.05"] * 20 + ["0.10", "0.20", "0.30", "0.30"]
+    (hook_lab.tmp / "pauses").unlink()
+    # Never past the deadline: the last pause is what is left of it.
+    result = _sourced(hook_lab, script.replace("deadline 600", "deadline 1.12"), POLL_SECS="1")
+    assert result.stderr == "test: timed out after 1.12s waiting for the test\n"
+    pauses = (hook_lab.tmp / "pauses").read_text().split()
+    assert pauses == ["0.05"] * 20 + ["0.10", "0.02"]
 
 
 def test_the_deadline_is_kept_to_the_hundredth_and_takes_fractions(hook_lab: HookLab) -> None:
@@ -104,6 +117,10 @@ def test_llamacpp_refuses_a_healthy_server_started_by_hand(hook_lab: HookLab) ->
         f"llamacpp: port {lab.port} answers but no llama-server started by these hooks runs"
         f" (no live process in {lab.run_dir}/llamacpp-{lab.port}.pid): another program holds"
         " the port; stop it or give this model another port"
+    )
+    # Alive says so too: the daemon must not adopt that server as this model, awake.
+    assert lab.fails("llamacpp", "alive").startswith(
+        f"llamacpp: port {lab.port} answers but no llama-server started by these hooks runs"
     )
     # A pidfile whose process lives but does not hold the port proves nothing either.
     lab.run_dir.mkdir(exist_ok=True)
@@ -145,6 +162,7 @@ def test_a_service_serving_another_model_is_refused(
     )
     assert line.endswith("is another model's server on that port?")
     assert "other/model" in line
+    assert lab.fails(backend, "alive", **extra) == line
     # The same service serving this model is used as it is.
     model_path = {"vllm": "VLLM_MODEL_PATH", "sglang": "SGLANG_MODEL_PATH"}[backend]
     lab.ok(backend, "wake", **extra, **{model_path: "other/model"})
