@@ -20,6 +20,7 @@ from aiollmux.config import Config, ModelConfig
 from aiollmux.errors import (
     BackendError,
     BodyTooLarge,
+    ClientTooSlow,
     InvalidJSON,
     ModelRequired,
     RequestError,
@@ -31,6 +32,7 @@ from aiollmux.events import EventHub, Frame, events_from_log
 from aiollmux.memory import LARGE_BODY_BYTES, HeapTrimmer
 from aiollmux.metrics import CONTENT_TYPE, Metrics
 from aiollmux.multiplexer import Multiplexer
+from aiollmux.paths import check_any_model, check_model, decoded_path, request_target
 from aiollmux.proxy import ClientGone, Proxy
 from aiollmux.reload import Reloader
 from aiollmux.routing import decoded_body, find_model, find_model_quickly
@@ -44,8 +46,13 @@ METRICS = web.AppKey("metrics", Metrics)
 RELOADER = web.AppKey("reloader", Reloader)
 TRIMMER = web.AppKey("trimmer", HeapTrimmer)
 EVENTS = web.AppKey("events", EventHub)
+# Undoing a Content-Encoding may expand a small body to the body limit: at most this many
+# at once (DESIGN §5), whatever the size of the thread pool.
+DECODE_SLOTS = web.AppKey("decode_slots", asyncio.Semaphore)
+CONCURRENT_DECODES = 2
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ADMIN_BODY_LIMIT = 1024 * 1024  # {"model": …} or {"group": …}
 
 
 def _dumps(document: Any) -> str:
@@ -132,12 +139,24 @@ def _is_loopback(remote: str | None) -> bool:
     return bool((mapped or address).is_loopback)
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int, stall_secs: float | None = None) -> bytes:
+    """The whole body, at most `limit` bytes; `stall_secs`: the longest wait for its next
+    bytes (`client_body_timeout_secs`, DESIGN §5), else 408."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"the request body is larger than {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
+    while True:
+        try:
+            async with asyncio.timeout(stall_secs):
+                chunk = await request.content.readany()
+        except TimeoutError:
+            raise ClientTooSlow(
+                f"no bytes of the request body arrived for {stall_secs:g}s"
+                " (client_body_timeout_secs)"
+            ) from None
+        if not chunk:
+            break
         size += len(chunk)
         if size > limit:
             raise BodyTooLarge(f"the request body is larger than {limit} bytes")
@@ -157,7 +176,8 @@ async def _route(
         encoding = ", ".join(request.headers.getall("Content-Encoding"))
         # Inflating megabytes is CPU work: off the loop, like the walk below.
         limit = mux.config.max_request_body_bytes
-        plain = await asyncio.to_thread(decoded_body, body, encoding, limit)
+        async with request.app[DECODE_SLOTS]:
+            plain = await asyncio.to_thread(decoded_body, body, encoding, limit)
     field = find_model_quickly(plain, content_type)
     if field is None:
         # An unusual layout of a large body: walking megabytes can take a while, off the loop.
@@ -172,9 +192,13 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     mux = request.app[MULTIPLEXER]
     config = mux.config
     check_api_key(request)
+    # Before the body is read: a path no model serves is refused without taking it in.
+    path = decoded_path(request_target(request))
+    check_any_model(path, config)
     started = time.monotonic()
-    body = await read_body(request, config.max_request_body_bytes)
+    body = await read_body(request, config.max_request_body_bytes, config.client_body_timeout_secs)
     model, body, decoded = await _route(request, mux, body)
+    check_model(path, config, model)
     metrics = request.app[METRICS]
     status = "499"  # the client went away before an answer (nginx's convention)
     try:
@@ -273,8 +297,10 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
         return {}
     # Bytes, not request.json(): an unknown charset parameter would be a LookupError.
     # json.loads detects UTF-8/16/32 and skips a UTF-8 byte order mark.
+    config = request.app[MULTIPLEXER].config
+    body = await read_body(request, ADMIN_BODY_LIMIT, config.client_body_timeout_secs)
     try:
-        document = json.loads(await request.read())
+        document = json.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
@@ -337,6 +363,7 @@ def build_app(
     app[PROXY] = Proxy()
     app[TRIMMER] = HeapTrimmer()
     app[EVENTS] = EventHub(mux.status)
+    app[DECODE_SLOTS] = asyncio.Semaphore(CONCURRENT_DECODES)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_close_event_streams)
     app.on_shutdown.append(_stop_switching)

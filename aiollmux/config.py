@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shlex
+import stat
 import string
 import tomllib
 from collections.abc import Collection, Mapping
@@ -40,6 +41,9 @@ HOOK_NAMES: Final[tuple[HookName, ...]] = ("wake", "sleep", "alive")
 ROOT_KEYS: Final = (
     "host", "port", "max_request_body_mb", "shutdown_timeout_secs", "sleep_on_shutdown",
     "alive_interval_secs", "api_keys", "admin_token", "policy", "groups", "models",
+    # Exposure and limits (DESIGN §5)
+    "proxy_paths", "client_header_timeout_secs", "client_body_timeout_secs",
+    "send_timeout_secs", "keepalive_timeout_secs", "max_connections", "backlog",
 )  # fmt: skip
 POLICY_KEYS: Final = (
     "name", "request_timeout_secs", "drain_before_switch", "min_active_secs",
@@ -57,11 +61,17 @@ MODEL_KEYS: Final = (
     "port", "wake", "sleep", "alive", "wake_timeout_secs", "sleep_timeout_secs",
     "alive_timeout_secs", "aliases", "upstream_model", "group", "memory_gb",
     "preset", "env",  # DESIGN §14
+    "proxy_paths",  # DESIGN §5
 )  # fmt: skip
 # GiB: far above any GPU box, and small enough that sums of sizes stay exact enough.
 MAX_MEMORY_GB: Final = 1024.0 * 1024
 # [models.ID.env] may not set these: the daemon sets LLMUX_* for every hook (DESIGN §3).
 RESERVED_ENV_PREFIX: Final = "LLMUX_"
+
+DEFAULT_PROXY_PATHS: Final = ("/v1/",)
+# Connection limits (DESIGN §5): the kernel's own ceiling on a listen backlog is somaxconn.
+MAX_CONNECTIONS_LIMIT: Final = 1_000_000
+MAX_BACKLOG: Final = 65535
 
 # 1 TiB: far above any real request, and small enough that the byte count stays finite.
 MAX_REQUEST_BODY_MB: Final = 1024 * 1024
@@ -103,6 +113,9 @@ class ModelConfig:
     memory_gb: float | None = None  # GPU memory it occupies awake (DESIGN §8)
     preset: str | None = None  # the hooks not given explicitly are this preset's (§14)
     env: Mapping[str, str] = field(default_factory=dict)  # added to its hooks' environment
+    # Request paths proxied to this model besides the top-level `proxy_paths` (DESIGN §5).
+    # The place a preset (§14) puts its engine's native inference paths.
+    proxy_paths: tuple[str, ...] = ()
 
     def hook(self, name: HookName) -> str:
         return {"wake": self.wake, "sleep": self.sleep, "alive": self.alive}[name]
@@ -137,6 +150,13 @@ class Config:
     alive_interval_secs: float = 30.0
     api_keys: tuple[str, ...] = ()
     admin_token: str | None = None
+    proxy_paths: tuple[str, ...] = DEFAULT_PROXY_PATHS
+    client_header_timeout_secs: float = 60.0
+    client_body_timeout_secs: float = 60.0
+    send_timeout_secs: float = 60.0
+    keepalive_timeout_secs: float = 75.0
+    max_connections: int = 2048
+    backlog: int = 2048
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     models: Mapping[str, ModelConfig] = field(default_factory=dict)
     groups: Mapping[str, GroupConfig] = field(default_factory=dict)
@@ -328,6 +348,13 @@ def parse_config(text: str, source: str = "<string>", base_dir: Path | None = No
         alive_interval_secs=root.number("alive_interval_secs", 30.0),
         api_keys=root.string_list("api_keys"),
         admin_token=root.optional_string("admin_token"),
+        proxy_paths=_proxy_paths(root, default=DEFAULT_PROXY_PATHS),
+        client_header_timeout_secs=root.number("client_header_timeout_secs", 60.0, positive=True),
+        client_body_timeout_secs=root.number("client_body_timeout_secs", 60.0, positive=True),
+        send_timeout_secs=root.number("send_timeout_secs", 60.0, positive=True),
+        keepalive_timeout_secs=root.number("keepalive_timeout_secs", 75.0, positive=True),
+        max_connections=root.integer("max_connections", 2048, low=1, high=MAX_CONNECTIONS_LIMIT),
+        backlog=root.integer("backlog", 2048, low=1, high=MAX_BACKLOG),
         policy=_parse_policy(root.table("policy")),
         groups=groups,
         models=_parse_models(root.table("models"), groups, own_port=port),
@@ -482,6 +509,9 @@ def _parse_model(model_id: str, entry: _Table, groups: Mapping[str, GroupConfig]
         upstream_model=entry.optional_string("upstream_model"),
         group=group,
         memory_gb=_model_memory(entry, groups[group]),
+        # The preset's engine's native inference paths come with it (DESIGN §5, §14).
+        proxy_paths=_proxy_paths(entry, default=())
+        + (() if preset is None else preset.proxy_paths),
     )
 
 
@@ -546,20 +576,96 @@ def _parse_env(table: _Table) -> dict[str, str]:
     return env
 
 
+def _proxy_paths(table: _Table, *, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Path prefixes, each starting with '/' and free of dot-segments and of `?`/`#`."""
+    if "proxy_paths" not in table.data:
+        return default
+    paths = table.string_list("proxy_paths")
+    for index, path in enumerate(paths):
+        if not path.startswith("/"):
+            raise table.item_error(
+                "proxy_paths", index, f"expected a path starting with '/', got {path!r}"
+            )
+        if "?" in path or "#" in path or any(seg in (".", "..") for seg in path.split("/")):
+            raise table.item_error(
+                "proxy_paths",
+                index,
+                f"expected a plain path prefix (no '?', '#', '.' or '..'), got {path!r}",
+            )
+    return paths
+
+
+# Far above any real configuration; what a mistaken path (a log, /dev/zero) cannot pass.
+MAX_CONFIG_BYTES: Final = 1024 * 1024
+
+
+def read_config_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a configuration file: a regular file (after symlinks) of at most
+    `MAX_CONFIG_BYTES`, else `ConfigError` naming why (DESIGN §5). Blocking: run it off
+    the event loop. A FIFO is opened without waiting for a writer, and refused."""
+    source = str(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        raise ConfigError(source, "", "file not found (create one with `aiollmux init`)") from None
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            kind = _file_kind(status.st_mode)
+            raise ConfigError(source, "", f"not a regular file ({kind}); refusing to read it")
+        if status.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(source, "", _too_large(status.st_size))
+        with os.fdopen(fd, "rb", closefd=False) as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)  # it may grow while being read
+    except OSError as exc:
+        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(source, "", _too_large(len(data)))
+    return data
+
+
+def _too_large(size: int) -> str:
+    return f"{size} bytes is too large for a configuration file (at most {MAX_CONFIG_BYTES})"
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {
+        stat.S_ISFIFO: "a FIFO",
+        stat.S_ISCHR: "a character device",
+        stat.S_ISBLK: "a block device",
+        stat.S_ISSOCK: "a socket",
+        stat.S_ISDIR: "a directory",
+    }
+    return next((name for test, name in kinds.items() if test(mode)), "not a file")
+
+
 def load_config(path: str | os.PathLike[str], data: bytes | None = None) -> Config:
     """Read and parse a configuration file (`data`: its bytes, already read)."""
     file = Path(path)
     source = str(file)
+    raw = read_config_file(file) if data is None else data
     try:
-        raw = file.read_bytes() if data is None else data
         text = raw.decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(source, "", "file not found (create one with `aiollmux init`)") from None
     except UnicodeDecodeError as exc:
         raise ConfigError(source, "", f"not valid UTF-8 (byte {exc.start}: {exc.reason})") from None
-    except OSError as exc:
-        raise ConfigError(source, "", f"cannot read: {exc.strerror or exc}") from None
     return parse_config(text, source, base_dir=file.resolve().parent)
+
+
+def check_listen_port(config: Config, port: int) -> None:
+    """No model may be served on `port`, where the daemon listens (a running daemon's
+    port, which a reload cannot change): requests would loop through aiollmux itself."""
+    for model in config.models.values():
+        if model.port == port:
+            raise ConfigError(
+                config.source,
+                f"models.{_quote_key(model.id)}.port",
+                f"port {port} is the port aiollmux is listening on (a changed top-level "
+                "port applies only after a restart)",
+            )
 
 
 def config_warnings(config: Config) -> list[str]:

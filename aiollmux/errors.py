@@ -51,6 +51,22 @@ class ModelNotFound(RequestError):
     pass
 
 
+class InvalidRequest(RequestError):
+    """A request refused for its form (a dot-segment in its path, a client too slow)."""
+
+
+class ClientTooSlow(InvalidRequest, TimeoutError):
+    """The request body stalled past `client_body_timeout_secs`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.headers["Connection"] = "close"
+
+
+class PathNotProxied(RequestError):
+    """The path is not among the proxied ones (DESIGN §5 `proxy_paths`)."""
+
+
 class BodyTooLarge(RequestError):
     pass
 
@@ -94,8 +110,11 @@ class ErrorShape:
 ERROR_TABLE: dict[type[RequestError], ErrorShape] = {
     ModelRequired: ErrorShape(400, "invalid_request_error", "model_required"),
     InvalidJSON: ErrorShape(400, "invalid_request_error", "invalid_json"),
+    InvalidRequest: ErrorShape(400, "invalid_request_error", "invalid_request"),
+    ClientTooSlow: ErrorShape(408, "invalid_request_error", "invalid_request"),
     Unauthorized: ErrorShape(401, "invalid_request_error", "unauthorized"),
     ModelNotFound: ErrorShape(404, "invalid_request_error", "model_not_found"),
+    PathNotProxied: ErrorShape(404, "invalid_request_error", "path_not_proxied"),
     BodyTooLarge: ErrorShape(413, "invalid_request_error", "body_too_large"),
     BackendError: ErrorShape(502, "server_error", "backend_error"),
     QueueFull: ErrorShape(503, "llmux_error", "queue_full"),

@@ -11,14 +11,20 @@ import asyncio
 import contextlib
 import logging
 
+from aiollmux.ratelimit import RateLimitedLog, resource_cause
 from aiollmux.switcher import Switcher
 
 logger = logging.getLogger(__name__)
+_errors = RateLimitedLog(logger, 10.0)
 
 LOST_AFTER_FAILURES = 3
 # After a failed check, look again this soon (or at the interval, if shorter), so a
 # crashed backend is noticed in seconds rather than three whole intervals.
 RECHECK_SECS = 2.0
+# After an error in the monitor itself (out of fds, say), or an alive hook that could not
+# be started: the next look waits this long (doubling up to the maximum), never less.
+ERROR_BACKOFF_SECS = 1.0
+ERROR_BACKOFF_MAX_SECS = 30.0
 
 
 class HealthMonitor:
@@ -32,6 +38,8 @@ class HealthMonitor:
         # Per awake member: failed checks in a row, and when to check it next.
         self._failures: dict[str, int] = {}
         self._next_check: dict[str, float] = {}
+        self._not_before = 0.0  # back-off after an error
+        self._backoff = ERROR_BACKOFF_SECS
         self._soon = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -81,14 +89,34 @@ class HealthMonitor:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(delay):
                         await self._soon.wait()
+            else:
+                await asyncio.sleep(0)  # never a loop without a yield
             self._soon.clear()
+            if self.switcher.clock() < self._not_before:
+                continue  # backing off: a nudge (`_soon`) does not cut it short
             self.ticks += 1
             try:
                 await self._tick()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("health monitor of group %r failed", self.switcher.group)
+            except Exception as exc:
+                self._back_off()
+                _errors.log(
+                    resource_cause(exc),
+                    logging.ERROR,
+                    "health monitor of group %r failed; next look in %.0fs",
+                    self.switcher.group,
+                    self._not_before - self.switcher.clock(),
+                    exc_info=True,
+                    extra={"event": "health_monitor_failed", "group": self.switcher.group},
+                )
+            else:
+                if self._not_before <= self.switcher.clock():  # not backing off from this tick
+                    self._backoff = ERROR_BACKOFF_SECS
+
+    def _back_off(self) -> None:
+        self._not_before = self.switcher.clock() + self._backoff
+        self._backoff = min(self._backoff * 2, ERROR_BACKOFF_MAX_SECS)
 
     def _follow_awake(self) -> None:
         """Start watching members that woke, forget those that went to sleep."""
@@ -115,7 +143,7 @@ class HealthMonitor:
                 busy = switcher.is_busy(model)
                 since = now if busy else switcher.member_last_activity(model)
                 due.append(since + self.idle_sleep)
-        return min(due)
+        return max(min(due), self._not_before)
 
     async def _tick(self) -> None:
         self._follow_awake()
@@ -161,6 +189,12 @@ class HealthMonitor:
             # The world moved on while the hook ran (a switch began, say: the backend may
             # be going to sleep): the answer is moot, and is not counted as a failure.
             self._next_check[model] = switcher.clock() + self.alive_interval
+            return
+        if result.resource_exhausted:
+            # The hook could not even start (out of fds, say): no news about the model.
+            # Logged by the hook runner (rate-limited); look again after a back-off.
+            self._back_off()
+            self._next_check[model] = self._not_before
             return
         switcher.hooks.report(result)
         if result.ok:

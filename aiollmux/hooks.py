@@ -15,13 +15,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from aiollmux.config import HookName, ModelConfig
 from aiollmux.metrics import Metrics
+from aiollmux.ratelimit import is_resource_error, log_resource_error
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,9 @@ class HookResult:
     duration: float
     stdout: str
     stderr: str
+    # It could not be started for want of a system resource (fds, memory, processes):
+    # says nothing about the model (the health monitor does not count it as a failure).
+    resource_exhausted: bool = False
 
     @property
     def ok(self) -> bool:
@@ -130,9 +134,22 @@ class _Capture:
             callback()
 
 
-def hook_environment(model: ModelConfig, hook: HookName) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(model.env)  # [models.ID.env] wins over the daemon's own (DESIGN §14)
+# The daemon's own secret: never handed to hooks, nor to the servers they start.
+WITHHELD_VARIABLES: Final = frozenset({"LLMUX_ADMIN_TOKEN"})
+
+
+def hook_environment(
+    model: ModelConfig, hook: HookName, withheld: frozenset[str] = frozenset()
+) -> dict[str, str]:
+    """The daemon's environment minus its secrets (`LLMUX_ADMIN_TOKEN`, and any variable
+    whose value is one of `withheld`: the admin token and API keys), then the model's
+    `[models.ID.env]` (which wins over the daemon's own, DESIGN §14), plus the hook's."""
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if name not in WITHHELD_VARIABLES and value not in withheld
+    }
+    env.update(model.env)
     env["LLMUX_MODEL"] = model.id
     env["LLMUX_PORT"] = str(model.port)
     env["LLMUX_DEST_PORT"] = env["LLMUX_PORT"]  # llmux's name, so its hooks carry over
@@ -155,6 +172,11 @@ class HookRunner:
         self._running: set[asyncio.subprocess.Process] = set()
         self._drains: set[_Capture] = set()
         self._closed = False
+        self._withheld: frozenset[str] = frozenset()
+
+    def withhold(self, secrets: Collection[str]) -> None:
+        """Environment variables holding one of `secrets` are not passed to hooks."""
+        self._withheld = frozenset(secret for secret in secrets if secret)
 
     @property
     def running(self) -> int:
@@ -166,12 +188,20 @@ class HookRunner:
         """Run one hook. `report=False`: no metrics or log yet (the caller may find the
         result moot, an alive check overtaken by a switch, and `report()` it otherwise)."""
         started = time.monotonic()
-        out, err = _Capture(), _Capture()
+        captures: list[_Capture] = []
         try:
-            proc = await _spawn(model, hook, cwd, out, err)
+            # The pipes too: creating them is where running out of fds shows first.
+            out = _Capture()
+            captures.append(out)
+            err = _Capture()
+            captures.append(err)
+            proc = await _spawn(model, hook, cwd, out, err, self._withheld)
         except (OSError, ValueError) as error:  # ValueError: a NUL in an argument
-            out.close()
-            err.close()
+            for capture in captures:
+                capture.close()
+            exhausted = is_resource_error(error)
+            if exhausted:
+                log_resource_error(f"{hook} hook", error)
             return self._reported(
                 report,
                 HookResult(
@@ -182,11 +212,12 @@ class HookRunner:
                     duration=time.monotonic() - started,
                     stdout="",
                     stderr=str(error),
+                    resource_exhausted=exhausted,
                 ),
             )
         except BaseException:
-            out.close()
-            err.close()
+            for capture in captures:
+                capture.close()
             raise
         out.start()
         err.start()
@@ -293,7 +324,12 @@ class HookRunner:
 
 
 async def _spawn(
-    model: ModelConfig, hook: HookName, cwd: Path, out: _Capture, err: _Capture
+    model: ModelConfig,
+    hook: HookName,
+    cwd: Path,
+    out: _Capture,
+    err: _Capture,
+    withheld: frozenset[str],
 ) -> asyncio.subprocess.Process:
     spawning = asyncio.ensure_future(
         asyncio.create_subprocess_exec(
@@ -304,7 +340,7 @@ async def _spawn(
             stdout=out.write_fd,
             stderr=err.write_fd,
             cwd=cwd,
-            env=hook_environment(model, hook),
+            env=hook_environment(model, hook, withheld),
             start_new_session=True,
         )
     )
@@ -369,6 +405,11 @@ async def _group_exited(proc: asyncio.subprocess.Process, seconds: float) -> boo
                 pidfd = os.pidfd_open(pid)
             except ProcessLookupError:
                 continue  # exited and reaped since the scan
+            except OSError as exc:  # out of fds: wait for the leader; the caller SIGKILLs
+                log_resource_error("hook process watch", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(proc.wait(), seconds)
+                return False
             pidfds.append(pidfd)
             if not _is_live_member(pid, proc.pid):
                 continue  # exited since the scan (or, rarer still, its pid was reused)

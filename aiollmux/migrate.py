@@ -97,6 +97,16 @@ def convert(document: dict[str, Any], source: str) -> tuple[dict[str, Any], list
     return result, warnings
 
 
+# llmux forwarded every path; aiollmux only `proxy_paths` (DESIGN §5).
+PROXY_PATHS_NOTE = """\
+# llmux forwarded requests on any path to the models; aiollmux forwards only the paths in
+# proxy_paths (default ["/v1/"]), so a client cannot reach a backend's private endpoints
+# (/sleep, /api/delete, ...). To forward every path as llmux did, uncomment:
+# proxy_paths = ["/"]
+
+"""
+
+
 def migrate(path: Path) -> tuple[str, list[str]]:
     document, warnings = convert(load_llmux(path), str(path))
-    return tomli_w.dumps(document), warnings
+    return PROXY_PATHS_NOTE + tomli_w.dumps(document), warnings

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
@@ -32,6 +33,7 @@ class Multiplexer:
         self.config = config
         self.metrics = metrics if metrics is not None else Metrics()
         self.hooks = HookRunner(self.metrics)
+        self.hooks.withhold(_secrets(config))
         self.costs = SwitchCosts()
         self.generation = 1
         self.loaded_at = datetime.now(UTC)
@@ -90,6 +92,7 @@ class Multiplexer:
         drained and put to sleep with its old hooks in the background.
         """
         old, self.config = self.config, new
+        self.hooks.withhold(_secrets(new))
         policy_changed = new.policy != old.policy
         moved = {
             name
@@ -246,3 +249,9 @@ class _ExclusiveGate:
             if other is switcher or (settings is not None and settings.persistent):
                 continue
             await other.yield_gpu()
+
+
+def _secrets(config: Config) -> tuple[str, ...]:
+    """What hooks must never see in their environment (DESIGN §5)."""
+    token = config.admin_token or os.environ.get("LLMUX_ADMIN_TOKEN")
+    return (*config.api_keys, *([token] if token else []))

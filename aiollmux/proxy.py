@@ -19,6 +19,7 @@ from yarl import URL
 from aiollmux.admission import InFlightGuard
 from aiollmux.config import ModelConfig
 from aiollmux.errors import BackendError
+from aiollmux.paths import request_target
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +123,7 @@ class Proxy:
         if decoded:
             drop = drop | {"content-encoding"}
         headers = _filtered(request.headers, drop)
+        _append_forwarded_for(headers, request.remote)
         url = URL(f"http://127.0.0.1:{model.port}{_target(request)}", encoded=True)
         # Cutting closes the client's connection; with handler cancellation that also
         # cancels a request still waiting for the backend's headers.
@@ -214,13 +216,15 @@ async def _slices(body: bytes) -> AsyncIterator[memoryview]:
         yield view[start : start + _RAW_BYTES_LIMIT]
 
 
+def _append_forwarded_for(headers: CIMultiDict[str], peer: str | None) -> None:
+    """X-Forwarded-For as a proxy writes it: what the client sent (a claim, kept as such)
+    followed by the address the request really came from (DESIGN §5)."""
+    claimed = [value for value in headers.popall("X-Forwarded-For", ()) if value.strip()]
+    headers["X-Forwarded-For"] = ", ".join([*claimed, peer or "unknown"])
+
+
 def _target(request: web.Request) -> str:
-    """Path and query as the client sent them. An absolute-form target (RFC 9112
-    §3.2.2, `POST http://host/v1/x`) is forwarded in origin form."""
-    raw = request.raw_path
-    # (Targets without a path, `*` and `host:port`, never reach a handler: aiohttp's
-    # router answers them 404.)
-    return raw if raw.startswith("/") else request.rel_url.raw_path_qs
+    return request_target(request)  # the target whose path `proxy_paths` let through
 
 
 def _client_gone(request: web.Request) -> bool:

@@ -17,7 +17,13 @@ from typing import Literal
 
 import watchfiles
 
-from aiollmux.config import Config, load_config, log_config_warnings
+from aiollmux.config import (
+    Config,
+    check_listen_port,
+    load_config,
+    log_config_warnings,
+    read_config_file,
+)
 from aiollmux.errors import ConfigError
 from aiollmux.multiplexer import Multiplexer
 from aiollmux.policy import load_policy
@@ -38,13 +44,22 @@ class ReloadOutcome:
 
 def _read(path: Path) -> bytes | None:
     try:
-        return path.read_bytes()
-    except OSError:
+        return read_config_file(path)
+    except ConfigError:
         return None
 
 
 def _digest(data: bytes | None) -> str | None:
     return None if data is None else hashlib.sha256(data).hexdigest()
+
+
+def _as_seen_from(asked_at: int, outcome: ReloadOutcome) -> ReloadOutcome:
+    """ "unchanged" for a caller who asked before a reload that was under way then applied
+    this very file (it read it off the loop, after the edit): for that caller, the file
+    was applied."""
+    if outcome.result == "unchanged" and outcome.generation > asked_at:
+        return ReloadOutcome("applied", outcome.generation)
+    return outcome
 
 
 class Reloader:
@@ -56,7 +71,8 @@ class Reloader:
         self.watch = watch
         self._applied_digest = _digest(_read(path))
         self._failed_digest: str | None = None
-        self._pending: list[asyncio.Future[ReloadOutcome]] = []
+        # Each waiter with the generation in effect when it asked.
+        self._pending: list[tuple[asyncio.Future[ReloadOutcome], int]] = []
         self._wanted = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -75,7 +91,7 @@ class Reloader:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        for waiter in self._pending:
+        for waiter, _ in self._pending:
             waiter.cancel()
 
     def trigger(self, reason: str, *, quiet: bool = False) -> asyncio.Future[ReloadOutcome]:
@@ -89,7 +105,7 @@ class Reloader:
             extra={"event": "reload_requested", "by": reason},
         )
         waiter: asyncio.Future[ReloadOutcome] = asyncio.get_running_loop().create_future()
-        self._pending.append(waiter)
+        self._pending.append((waiter, self.mux.generation))
         self._wanted.set()
         return waiter
 
@@ -99,37 +115,33 @@ class Reloader:
             self._wanted.clear()
             waiters, self._pending = self._pending, []
             try:
-                outcome = self._reload_once()
+                outcome = await self._reload_once()
             except Exception as exc:  # a bug must not kill reloading for good
                 logger.exception("reload failed unexpectedly")
                 outcome = ReloadOutcome("failed", self.mux.generation, str(exc))
-            for waiter in waiters:
+            for waiter, asked_at in waiters:
                 if not waiter.done():
-                    waiter.set_result(outcome)
+                    waiter.set_result(_as_seen_from(asked_at, outcome))
 
-    def _reload_once(self) -> ReloadOutcome:
+    async def _reload_once(self) -> ReloadOutcome:
         mux = self.mux
-        # Read once: the digest and the parse are of the same bytes, even if the file is
-        # being rewritten in place meanwhile.
-        data = _read(self.path)
+        # Read once, off the event loop (a FIFO, a huge file, /dev/zero are refused there):
+        # the digest and the parse are of the same bytes, even if the file is being
+        # rewritten in place meanwhile.
+        try:
+            data: bytes | None = await asyncio.to_thread(read_config_file, self.path)
+        except ConfigError as error:
+            return self._failed(None, error)
         digest = _digest(data)
         if digest is not None and digest == self._applied_digest:
+            self._forget_failure()
             return ReloadOutcome("unchanged", mux.generation)
         if digest is not None and digest == self._failed_digest:
             return ReloadOutcome("failed", mux.generation, mux.last_reload_error)
         try:
-            config = self._validated(data)
+            config = await self._validated(data)
         except ConfigError as error:
-            self._failed_digest = digest
-            mux.last_reload_error = str(error)
-            mux.metrics.config_reloads.labels(result="failure").inc()
-            logger.error(
-                "config reload failed; still serving generation %d: %s",
-                mux.generation,
-                error,
-                extra={"event": "config_reload_failed", "key": error.key},
-            )
-            return ReloadOutcome("failed", mux.generation, str(error))
+            return self._failed(digest, error)
         added = sorted(set(config.models) - set(mux.config.models))
         removed = sorted(set(mux.config.models) - set(config.models))
         mux.apply(config)
@@ -151,9 +163,35 @@ class Reloader:
             )
         return ReloadOutcome("applied", mux.generation)
 
-    def _validated(self, data: bytes | None) -> Config:
-        config = load_config(self.path, data)
+    def _failed(self, digest: str | None, error: ConfigError) -> ReloadOutcome:
+        mux = self.mux
+        self._failed_digest = digest
+        mux.last_reload_error = str(error)
+        mux.metrics.config_reloads.labels(result="failure").inc()
+        logger.error(
+            "config reload failed; still serving generation %d: %s",
+            mux.generation,
+            error,
+            extra={"event": "config_reload_failed", "key": error.key},
+        )
+        return ReloadOutcome("failed", mux.generation, str(error))
+
+    def _forget_failure(self) -> None:
+        """The file is the applied one again (a bad edit undone): no error to show."""
+        if self.mux.last_reload_error is not None:
+            logger.info(
+                "config file is back to generation %d: last reload error cleared",
+                self.mux.generation,
+                extra={"event": "config_reload_error_cleared"},
+            )
+        self.mux.last_reload_error = None
+        self._failed_digest = None
+
+    async def _validated(self, data: bytes | None) -> Config:
+        # Parsing up to 1 MiB of TOML is CPU work: off the loop, like the read.
+        config = await asyncio.to_thread(load_config, self.path, data)
         load_policy(config.policy, config.source)  # a user policy must load, too
+        check_listen_port(config, self.mux.listening[1])
         return config
 
     def _relevant(self, change: watchfiles.Change, changed: str) -> bool:

@@ -146,9 +146,22 @@ def _find(body: bytes, content_type: str, *, walk: bool) -> ModelField | None:
 
 
 def _find_json(body: bytes, *, walk: bool = True) -> ModelField | None:
+    repeated = _may_repeat_model(body)
     if len(body) <= VALIDATE_LIMIT:
-        # Small bodies: json.loads validates and names the model (the last of duplicates).
-        return _from_document(_parse(body))
+        # Small bodies: json.loads validates and names the model; a second "model" key
+        # (which json.loads would silently let win) is refused by a walk.
+        document = _parse(body)
+        if repeated:
+            _scan(body, exhaustive=True)
+        return _from_document(document)
+    if repeated:
+        # Maybe two top-level "model" keys: only a walk of the whole top level can tell.
+        if not walk:
+            return None
+        found = _scan(body, exhaustive=True)
+        if found is None:
+            raise ModelRequired('the request body has no "model" field')
+        return found
     # Large ones: the two common layouts in O(1), else a walk that stops at the first
     # top-level "model", leaving the rest of the prompt for the backend to validate.
     found = _model_near_the_end(body)
@@ -157,6 +170,16 @@ def _find_json(body: bytes, *, walk: bool = True) -> ModelField | None:
         if found is None:
             raise ModelRequired('the request body has no "model" field')
     return found
+
+
+# A "model" key can be written with escapes ("mod\u0065l"): one of its letters as \u00XX.
+_ESCAPED_MODEL_LETTER = re.compile(rb"\\u00(?:6[45cCdDfF])")
+
+
+def _may_repeat_model(body: bytes) -> bool:
+    """False when the body cannot hold two "model" keys (most bodies: found with two C
+    scans, `bytes.count` and one regex search)."""
+    return body.count(b'"model"') > 1 or _ESCAPED_MODEL_LETTER.search(body) is not None
 
 
 def _from_document(document: object) -> ModelField:
@@ -242,8 +265,8 @@ def _closes_the_body(body: bytes, position: int) -> bool:
 def _scan(body: bytes, *, exhaustive: bool) -> ModelField | None:
     """The value of the top-level "model" key.
 
-    `exhaustive`: walk the whole body and take the last "model" (as json.loads does),
-    refusing a truncated body; otherwise return at the first one. Only the top level
+    `exhaustive`: walk the whole body, refusing a truncated body or a second top-level
+    "model" key; otherwise return at the first one. Only the top level
     is walked token by token; inside nested values one regex call skips text, short
     strings and innermost containers.
     """
@@ -271,6 +294,9 @@ def _scan(body: bytes, *, exhaustive: bool) -> ModelField | None:
         if depth == 1:
             colon = _skip_space(body, end)
             if body[colon : colon + 1] == b":" and _is_model_key(body, position, end):
+                if value != -1:
+                    # The routed model and the one a backend reads could disagree.
+                    raise InvalidJSON('the request body has more than one top-level "model" key')
                 value = _skip_space(body, colon + 1)
                 if not exhaustive:
                     return _model_value(body, value)

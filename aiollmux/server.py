@@ -18,7 +18,9 @@ from aiohttp import web
 
 from aiollmux.app import MULTIPLEXER, RELOADER, build_app
 from aiollmux.config import Config, log_config_warnings
+from aiollmux.listener import ClientLimits, LimitedSite, raise_fd_limit
 from aiollmux.memory import tune_allocator
+from aiollmux.serverlog import ServerLogger
 from aiollmux.systemd import notify
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,9 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 FORCED_EXIT_STATUS = 130
 
 
-def make_runner(app: web.Application, *, shutdown_timeout: float) -> web.AppRunner:
+def make_runner(
+    app: web.Application, *, shutdown_timeout: float, keepalive_timeout: float = 75.0
+) -> web.AppRunner:
     """The runner `run` serves with (the tests use it too). Handlers may be cancelled
     when their client goes away; request bodies are read as sent (the proxy forwards
     the original bytes, DESIGN §4); signals are ours to handle."""
@@ -38,7 +42,25 @@ def make_runner(app: web.Application, *, shutdown_timeout: float) -> web.AppRunn
         access_log=None,
         shutdown_timeout=shutdown_timeout,
         handle_signals=False,
+        keepalive_timeout=keepalive_timeout,
+        logger=ServerLogger(),  # malformed requests: one line, no headers (DESIGN §5)
     )
+
+
+def make_site(runner: web.AppRunner, config: Config) -> LimitedSite:
+    """The listener of `runner`'s app, with the connection limits of DESIGN §5. The
+    timeouts and `max_connections` are read from the live config at each accept."""
+    mux = runner.app[MULTIPLEXER]
+
+    def limits() -> ClientLimits:
+        live = mux.config
+        return ClientLimits(
+            header_timeout=live.client_header_timeout_secs,
+            send_timeout=live.send_timeout_secs,
+            max_connections=live.max_connections,
+        )
+
+    return LimitedSite(runner, config.host, config.port, backlog=config.backlog, limits=limits)
 
 
 async def serve(config: Config) -> None:
@@ -48,10 +70,15 @@ async def serve(config: Config) -> None:
     # Before any hook runs: a second instance must not put the first one's model to
     # sleep (adoption and sleep_on_shutdown) only to find the port taken.
     check_port_free(config.host, config.port)
+    raise_fd_limit()
     app = build_app(config)
     mux = app[MULTIPLEXER]
     mux.served = False  # no sleep_on_shutdown for a daemon that never served
-    runner = make_runner(app, shutdown_timeout=config.shutdown_timeout_secs)
+    runner = make_runner(
+        app,
+        shutdown_timeout=config.shutdown_timeout_secs,
+        keepalive_timeout=config.keepalive_timeout_secs,
+    )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in _SIGNALS:
@@ -61,8 +88,7 @@ async def serve(config: Config) -> None:
     loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, app)
     try:
         await runner.setup()  # probes alive hooks: adoption happens before we listen
-        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
-        await site.start()
+        await make_site(runner, config).start()
         mux.served = True
         models = ", ".join(sorted(mux.config.models))
         logger.info(

@@ -33,6 +33,7 @@ def starter_document() -> dict[str, Any]:
         "max_request_body_mb": 64,
         "shutdown_timeout_secs": 30,
         "alive_interval_secs": 30,
+        "proxy_paths": ["/v1/"],
         "policy": {"name": "fifo", "request_timeout_secs": 300, "drain_before_switch": True},
         "models": models,
     }

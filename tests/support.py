@@ -32,7 +32,7 @@ from aiollmux.hooks import HookRunner
 from aiollmux.metrics import Metrics
 from aiollmux.multiplexer import Multiplexer
 from aiollmux.policy import Policy, load_policy
-from aiollmux.server import make_runner
+from aiollmux.server import make_runner, make_site
 from aiollmux.switcher import Switcher
 
 
@@ -178,13 +178,14 @@ class FakeBackend:
         chunks = int(body.get("chunks", 3))
         gate = body.get("gate")
         delay = float(body.get("chunk_delay", 0))
+        pad = "x" * int(body.get("pad", 0))  # bytes added to each chunk (fast, big streams)
         try:
             for index in range(chunks):
                 if gate is not None and index > 0:
                     await self.gates.setdefault(f"{gate}:{index}", asyncio.Event()).wait()
                 elif delay:
                     await asyncio.sleep(delay)
-                line = {"model": self.model, "index": index}
+                line = {"model": self.model, "index": index, **({"pad": pad} if pad else {})}
                 self._check_awake(f"chunk {index}")
                 await response.write(f"data: {json.dumps(line)}\n\n".encode())
                 self.chunks_sent += 1
@@ -359,10 +360,9 @@ class Daemon:
 async def running_daemon(config: Config) -> AsyncIterator[Daemon]:
     """The real aiollmux app on a real socket, with `handler_cancellation` as in `run`."""
     app = build_app(config)
-    runner = make_runner(app, shutdown_timeout=5)
+    runner = make_runner(app, shutdown_timeout=5, keepalive_timeout=config.keepalive_timeout_secs)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", config.port)
-    await site.start()
+    await make_site(runner, config).start()
     try:
         async with aiohttp.ClientSession() as client:
             yield Daemon(app, f"http://127.0.0.1:{config.port}", client, config.base_dir)
@@ -396,10 +396,15 @@ def _listen_port(config_file: Path) -> int:
 
 @asynccontextmanager
 async def daemon_process(
-    config_file: Path, *, env: dict[str, str] | None = None, healthy: bool = True
+    config_file: Path,
+    *,
+    env: dict[str, str] | None = None,
+    healthy: bool = True,
+    preexec_fn: Callable[[], Any] | None = None,
 ) -> AsyncIterator[DaemonProcess]:
     """Start `python -m aiollmux run` on `config_file`; yield once /health answers (at
-    once, if not `healthy`: to watch it start)."""
+    once, if not `healthy`: to watch it start). `preexec_fn` runs in the child before
+    it starts (e.g. to lower its fd limit)."""
     port = _listen_port(config_file)
     log = config_file.with_suffix(".log")
     with log.open("wb") as stderr:
@@ -407,7 +412,7 @@ async def daemon_process(
             sys.executable, "-m", "aiollmux", "run", "-c", str(config_file),
             "--log-format", "json", "-v",
             stdin=asyncio.subprocess.DEVNULL, stdout=stderr, stderr=stderr,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn,
         )  # fmt: skip
     daemon = DaemonProcess(process, f"http://127.0.0.1:{port}", log)
     try:

@@ -855,7 +855,7 @@ def test_load_config_not_utf8(tmp_path: Path) -> None:
 def test_load_config_directory(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path)
-    assert str(info.value) == f"{tmp_path}: cannot read: Is a directory"
+    assert str(info.value) == f"{tmp_path}: not a regular file (a directory); refusing to read it"
 
 
 @pytest.mark.parametrize(

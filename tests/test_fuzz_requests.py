@@ -35,6 +35,7 @@ import gzip
 import io
 import json
 import string
+import urllib.parse
 import zlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -65,7 +66,9 @@ NAMES |= {"gamma": "gamma", "g": "gamma"}
 LIMIT_MB = 2
 LIMIT = LIMIT_MB * 1024 * 1024
 ERROR_STATUS = {"model_required": 400, "invalid_json": 400, "model_not_found": 404}
-ERROR_STATUS |= {"body_too_large": 413}
+ERROR_STATUS |= {"body_too_large": 413, "invalid_request": 400, "path_not_proxied": 404}
+# The generated targets live under /p1/ (PREFIX): proxied, as inference paths would be.
+PROXY_PATHS = 'proxy_paths = ["/p1/", "/v1/"]\n'
 REQUEST_TIMEOUT = 30.0  # far above any answer here: reaching it means a hang
 
 Outcome = tuple[Literal["proxy", "error"], str]
@@ -218,6 +221,12 @@ def one_in(draw: st.DrawFn, n: int) -> bool:
     return bool(draw(st.sampled_from(range(n))) == n - 1)
 
 
+def has_dot_segment(target: str) -> bool:
+    path = target.partition("?")[0]
+    decoded = urllib.parse.unquote(path, errors="surrogateescape")
+    return any(segment in (".", "..") for form in (path, decoded) for segment in form.split("/"))
+
+
 def json_oracle(data: bytes) -> frozenset[Outcome]:
     """What DESIGN §4/§5 say about a body small enough to be parsed whole."""
     if not data.strip(b" \t\r\n"):
@@ -229,6 +238,9 @@ def json_oracle(data: bytes) -> frozenset[Outcome]:
         return frozenset({error("invalid_json")})
     if not isinstance(document, dict):
         return frozenset({error("model_required")})
+    pairs = json.loads(text.decode("utf-8"), object_pairs_hook=lambda pairs: pairs)
+    if [key for key, _ in pairs].count("model") > 1:
+        return frozenset({error("invalid_json")})  # DESIGN §5: whatever the body's size
     name = document.get("model")
     if not isinstance(name, str):
         return frozenset({error("model_required")})
@@ -338,9 +350,7 @@ def large_bodies(draw: st.DrawFn) -> Body:
         "duplicate": [model, f'"messages": {prompt}', f'"model": {json.dumps(second)}'],
     }[layout]
     data = ("{" + ", ".join(members) + "}").encode()
-    allowed = {named(first)}
-    if layout == "duplicate":
-        allowed.add(named(second))
+    allowed = {named(first)} if layout != "duplicate" else {error("invalid_json")}
     if one_in(draw, 5):  # cut short: the walk may route it or refuse it
         data = data[: -draw(st.integers(1, 40))]
         allowed |= {error("invalid_json"), error("model_required")}
@@ -426,8 +436,11 @@ PREFIX = "/p1/p2/p3/p4/p5/p6/p7/p8"
 SEGMENTS = ["..", ".", "", "%2e%2e", "%2E%2E%2F", "v1", "chat", "a%20b", "%2F", "%00", "%ff"]
 SEGMENTS += ["%C3%A9", "~user", ";v=1", "@", ":", "%zz", "%", "a+b", "!$&'()*,="]
 PATH_CHARS = string.ascii_letters + string.digits + "-._~!$&'()*+,;=:@%"
+# Now and then a target outside the proxied paths (PROXY_PATHS): 404 path_not_proxied.
+OUTSIDE = "/q1/q2/q3/q4/q5/p6/p7/p8"
 targets = st.builds(
-    lambda segments, query: PREFIX + "/" + "/".join(segments) + query,
+    lambda prefix, segments, query: prefix + "/" + "/".join(segments) + query,
+    st.sampled_from([PREFIX] * 9 + [OUTSIDE]),
     st.lists(st.sampled_from(SEGMENTS) | st.text(PATH_CHARS, max_size=8), max_size=6),
     st.sampled_from(["", "?", "?q=1", "?a=%26&b=%3D&c", "?x=/../y", "?%zz"])
     | st.text(PATH_CHARS + "/?", max_size=12).map(lambda q: "?" + q),
@@ -524,6 +537,10 @@ class Harness:
         before: dict[str, int],
     ) -> Outcome:
         allowed = request.body.allowed
+        if has_dot_segment(request.target):  # refused before anything else (DESIGN §5)
+            allowed = frozenset({error("invalid_request")})
+        elif request.target.startswith(OUTSIDE):
+            allowed = frozenset({error("path_not_proxied")})
         status = response.status
         assert status < 500, f"{status}: {body[:500]!r}"
         if status == 200:
@@ -647,7 +664,7 @@ async def start_lab(lab: Lab) -> dict[str, RecordingBackend]:
 
 async def test_any_request_is_proxied_exactly_or_refused_cleanly(lab: Lab) -> None:
     backends = await start_lab(lab)
-    config = lab.config(top=f"max_request_body_mb = {LIMIT_MB}", per_model=PER_MODEL)
+    config = lab.config(top=f"{PROXY_PATHS}max_request_body_mb = {LIMIT_MB}", per_model=PER_MODEL)
     async with (
         running_daemon(config) as daemon,
         aiohttp.ClientSession(skip_auto_headers=("Content-Type",)) as client,
@@ -894,7 +911,7 @@ async def raw_exchange(port: int, data: bytes) -> tuple[int, CIMultiDict[str], b
 
 async def test_raw_framing_is_answered_cleanly(lab: Lab) -> None:
     backends = await start_lab(lab)
-    config = lab.config(per_model=PER_MODEL)
+    config = lab.config(top=PROXY_PATHS, per_model=PER_MODEL)
     seen: Counter[str] = Counter()
     async with running_daemon(config) as daemon:
         loop = asyncio.get_running_loop()
@@ -918,7 +935,13 @@ async def test_raw_framing_is_answered_cleanly(lab: Lab) -> None:
                     outcome = ("proxy", headers.get("X-Backend", "")) if status == 200 else None
                     if outcome is None:
                         outcome = error(json.loads(body)["error"]["code"])
-                    assert outcome in json_oracle(case.body), (outcome, case.body)
+                    target = case.data.split(b" ", 2)[1].decode("latin-1")
+                    if has_dot_segment(target):
+                        assert outcome == error("invalid_request"), (outcome, target)
+                    elif target.startswith(OUTSIDE):
+                        assert outcome == error("path_not_proxied"), (outcome, target)
+                    else:
+                        assert outcome in json_oracle(case.body), (outcome, case.body)
                 seen["clean" if case.clean else f"unclean {status}"] += 1
             await wait_for(lambda: all(switcher.in_flight(m) == 0 for m in PER_MODEL))
             assert all(switcher.queued(m) == 0 for m in PER_MODEL)
@@ -940,7 +963,7 @@ async def test_raw_framing_is_answered_cleanly(lab: Lab) -> None:
 @pytest.fixture
 async def daemon(lab: Lab) -> AsyncIterator[Daemon]:
     await start_lab(lab)
-    async with running_daemon(lab.config(per_model=PER_MODEL)) as daemon:
+    async with running_daemon(lab.config(top=PROXY_PATHS, per_model=PER_MODEL)) as daemon:
         yield daemon
     assert lab.violations() == []
 

@@ -234,11 +234,13 @@ def test_a_damaged_large_body(cut: Callable[[bytes], bytes], model_first: bool) 
     body = cut(whole)
     assert len(body) > VALIDATE_LIMIT
     key_end = whole.index(b'"alpha"') + len(b'"alpha"')
-    if body[:key_end] == whole[:key_end]:
-        # A second document glued on is garbage either way; its closing "model" is
-        # what the from-the-end fast path sees when "model" is not first.
-        glued = cut(b"") == b' {"model": "beta"}' and not model_first
-        assert find_model(body, JSON).name == ("beta" if glued else "alpha")
+    if cut(b"") == b' {"model": "beta"}':
+        # A second document glued on brings a second "model": refused whatever the size
+        # (DESIGN §5: the routed and the forwarded model can never disagree).
+        with pytest.raises(InvalidJSON):
+            find_model(body, JSON)
+    elif body[:key_end] == whole[:key_end]:
+        assert find_model(body, JSON).name == "alpha"
     else:
         with pytest.raises(InvalidJSON):
             find_model(body, JSON)
@@ -285,18 +287,20 @@ def test_invalid_utf8() -> None:
 
 
 @pytest.mark.parametrize("size", SIZES)
-def test_duplicate_model_keys(size: Size) -> None:
-    # Small bodies: the same answer as json.loads (the last). Large bodies stop at the
-    # first key, which is the point of scanning them (docs/decisions.md).
-    body = members(b'"model": "alpha"', messages(size), b'"model": "beta"')
-    field = find_model(body, JSON)
-    expected = "beta" if len(body) <= VALIDATE_LIMIT else "alpha"
-    assert field.name == expected
-    assert span(body, field) == f'"{expected}"'.encode()
-    rewritten = field.rewrite(body, "gamma")
-    assert b'"gamma"' in rewritten
-    assert _scan(body, exhaustive=True) is not None
-    assert _scan(body, exhaustive=True).name == "beta"  # type: ignore[union-attr]
+@pytest.mark.parametrize("second", [b'"model": "beta"', rb'"mod\u0065l": "beta"'])
+@pytest.mark.parametrize("first_at_end", [False, True])
+def test_duplicate_model_keys(size: Size, second: bytes, first_at_end: bool) -> None:
+    # Refused at every size (DESIGN §5): json.loads would take the last, a scan that stops
+    # early the first, and the backend whichever its parser takes.
+    parts = [b'"model": "alpha"', messages(size), second]
+    if first_at_end:
+        parts = parts[1:] + parts[:1]
+    body = members(*parts)
+    with pytest.raises(InvalidJSON, match="more than one top-level"):
+        find_model(body, JSON)
+    # A "model" inside a nested value is no duplicate.
+    nested = members(b'"model": "alpha"', messages(size), b'"x": {"model": "beta"}')
+    assert find_model(nested, JSON).name == "alpha"
 
 
 @pytest.mark.parametrize("content_type", ["", "text/plain", "application/json; charset=utf-8"])

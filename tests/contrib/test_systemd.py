@@ -47,6 +47,8 @@ def test_unit_has_the_keys_the_daemon_relies_on() -> None:
     assert service["KillMode"] == "mixed"
     drain_and_kill = Config().shutdown_timeout_secs + KILL_GRACE_SECS
     assert float(service["TimeoutStopSec"]) > drain_and_kill
+    # Room for max_connections (default 2048) plus the 64 fds kept for hooks and upstreams.
+    assert int(service["LimitNOFILE"]) >= Config().max_connections + 64
 
 
 def test_unit_is_hardened_without_hiding_the_gpu() -> None:

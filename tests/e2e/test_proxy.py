@@ -111,7 +111,8 @@ async def alpha(lab: Lab) -> SpecialBackend:
 
 @pytest.fixture
 async def daemon(lab: Lab, alpha: SpecialBackend) -> AsyncIterator[Daemon]:
-    async with running_daemon(lab.config()) as daemon:
+    # The special backend's answers live under /special/: proxied too (DESIGN §5 proxy_paths).
+    async with running_daemon(lab.config(top='proxy_paths = ["/v1/", "/special/"]')) as daemon:
         yield daemon
     assert lab.violations() == []
 

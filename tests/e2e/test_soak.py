@@ -507,3 +507,151 @@ async def test_client_gone_between_two_chunks_is_not_an_error(
     ]
     assert errors == [], errors[0].exc_info
     assert any(getattr(r, "event", None) == "client_disconnected" for r in caplog.records)
+
+
+# -- hostile clients among normal traffic (DESIGN §5 "Exposure and limits") ---------------
+
+HOSTILE_SECONDS = float(os.environ.get("AIOLLMUX_HOSTILE_SOAK_SECONDS", "10"))
+SLOWLORIS = 40  # connections that send headers a few bytes at a time, never finishing
+NON_READERS = 3  # clients that ask for an endless stream and stop reading it
+NORMAL_CLIENTS = 6
+
+
+_ESTABLISHED = 1  # tcpi_state, the first byte of struct tcp_info (linux/tcp.h)
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+@dataclass
+class Hostile:
+    """Slowloris connections, non-reading clients and normal requests until `deadline`."""
+
+    url: str
+    port: int
+    deadline: float
+    outcomes: Counter[str] = field(default_factory=Counter)
+
+    def running(self) -> bool:
+        return asyncio.get_running_loop().time() < self.deadline
+
+    async def slowloris(self) -> None:
+        while self.running():
+            reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            try:
+                writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+                while self.running() and not reader.at_eof():
+                    writer.write(b"X-a: b\r\n")  # never the empty line that ends the headers
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.3):
+                            if (await reader.read(100)).startswith(b"HTTP/1.1 408"):
+                                self.outcomes["slowloris_408"] += 1
+            except ConnectionError:
+                self.outcomes["slowloris_reset"] += 1
+            finally:
+                writer.close()
+
+    async def non_reader(self, model: str) -> None:
+        loop = asyncio.get_running_loop()
+        body = json.dumps({"model": model, "stream": True, "chunks": 10**7, "pad": 65536})
+        head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        request = f"{head}Content-Length: {len(body)}\r\n\r\n{body}".encode()
+        while self.running():
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            try:
+                await loop.sock_connect(sock, ("127.0.0.1", self.port))
+                await loop.sock_sendall(sock, request)
+                await loop.sock_recv(sock, 1)  # the stream began; read nothing more
+                # Cut by the daemon (send_timeout_secs): the socket then reports the reset.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.1, self.deadline - loop.time())):
+                        while _tcp_state(sock) == _ESTABLISHED:  # noqa: ASYNC110 - kernel state
+                            await asyncio.sleep(0.2)
+                        self.outcomes["non_reader_cut"] += 1
+            except ConnectionError:
+                self.outcomes["non_reader_cut"] += 1
+            finally:
+                sock.close()
+
+    async def normal(self, client: aiohttp.ClientSession, rng: random.Random) -> None:
+        while self.running():
+            model = rng.choice(MODELS[:2])  # two models: switches, and drains to wait for
+            stream = rng.random() < 0.5
+            body: dict[str, Any] = {"model": model, "stream": stream, "chunks": 3}
+            async with asyncio.timeout(REQUEST_BOUND):  # a hang fails the test
+                async with client.post(f"{self.url}/v1/chat/completions", json=body) as response:
+                    text = await response.text()
+            assert response.status == 200, text
+            assert text.endswith("data: [DONE]\n\n") if stream else model in text
+            self.outcomes["normal_ok"] += 1
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(HOSTILE_SECONDS * 2 + 90)
+async def test_hostile_clients_do_not_starve_normal_traffic(lab: Lab) -> None:
+    await lab.add_backends(*MODELS[:2])
+    config = lab.tmp / "llmux.toml"
+    config.write_text(
+        lab.config_text(
+            top="client_header_timeout_secs = 1\nclient_body_timeout_secs = 1\n"
+            "send_timeout_secs = 1\nkeepalive_timeout_secs = 2\n",
+            policy="request_timeout_secs = 25\n",
+        )
+    )
+    rng = random.Random(SEED)
+    async with daemon_process(config) as daemon:
+        pid = daemon.process.pid
+        baseline_fds = open_fds(pid)
+        baseline_tasks = (await runtime(daemon))["asyncio_tasks"]
+        port = int(daemon.url.rsplit(":", 1)[1])
+        deadline = asyncio.get_running_loop().time() + HOSTILE_SECONDS
+        hostile = Hostile(daemon.url, port, deadline)
+        async with aiohttp.ClientSession() as client:
+            await asyncio.gather(
+                *(hostile.slowloris() for _ in range(SLOWLORIS)),
+                *(hostile.non_reader(MODELS[i % 2]) for i in range(NON_READERS)),
+                *(
+                    hostile.normal(client, random.Random(rng.random()))
+                    for _ in range(NORMAL_CLIENTS)
+                ),
+            )
+
+            async def drained() -> bool:
+                async with client.get(f"{daemon.url}/admin/status") as response:
+                    models = (await response.json())["models"].values()
+                return all(m["in_flight"] == 0 and m["queued"] == 0 for m in models)
+
+            await until(drained, within=20)
+        await lab.close()  # the daemon's pooled upstream connections go with the backends
+        await settle(
+            lambda: open_fds(pid) <= baseline_fds + FD_MARGIN,
+            lambda: f"{open_fds(pid)} fds open, {baseline_fds} at the start: {fd_targets(pid)}",
+        )
+
+        async def tasks_settled() -> bool:
+            return (await runtime(daemon))["asyncio_tasks"] <= baseline_tasks
+
+        await until(tasks_settled, within=20)
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"{daemon.url}/metrics") as response,
+        ):
+            text = await response.text()
+        for model in MODELS[:2]:
+            assert f'llmux_model_in_flight{{model="{model}"}} 0.0' in text
+            assert f'llmux_request_queue_depth{{model="{model}"}} 0.0' in text
+        daemon.process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(daemon.process.wait(), 20) == 0
+    outcomes = hostile.outcomes
+    # Busy on every side, or the run proves nothing: normal requests were served
+    # throughout, slowloris connections were closed with 408, stalled readers were cut.
+    assert outcomes["normal_ok"] >= 2 * HOSTILE_SECONDS, outcomes
+    assert outcomes["slowloris_408"] > 0, outcomes
+    assert outcomes["non_reader_cut"] > 0, outcomes
+    phases = {e.get("phase") for e in daemon.events() if e.get("event") == "client_timeout"}
+    assert {"headers", "send"} <= phases
+    tracebacks = [f"{e['message']}\n{e['exception']}" for e in daemon.events() if "exception" in e]
+    assert not tracebacks, "\n\n".join(tracebacks)
