@@ -16,12 +16,12 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiollmux.hooks import daemon_environment
+
 POLL_SECS = 0.5
 _RUN_LIMIT_SECS = 10.0  # one run of the command; a hung nvidia-smi must not hang the wake
 _OUTPUT_BYTES = 4096
 _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
-# Secrets of the daemon that no command it runs may see (as for hooks, DESIGN §5).
-_SECRET_VARIABLES = ("LLMUX_ADMIN_TOKEN",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,14 +31,20 @@ class Reading:
 
 
 async def wait_for_free_memory(
-    command: str, *, group: str, needed_gb: float, within: float, cwd: Path
+    command: str,
+    *,
+    group: str,
+    needed_gb: float,
+    within: float,
+    cwd: Path,
+    withheld: frozenset[str] = frozenset(),
 ) -> str | None:
     """Poll until `command` reports `needed_gb` free; None then, else the failure message."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
         reading = await read_free_memory(
-            command, group=group, cwd=cwd, limit=min(_RUN_LIMIT_SECS, within)
+            command, group=group, cwd=cwd, limit=min(_RUN_LIMIT_SECS, within), withheld=withheld
         )
         if reading.free_gb is not None and reading.free_gb >= needed_gb:
             return None
@@ -51,9 +57,17 @@ async def wait_for_free_memory(
         await asyncio.sleep(POLL_SECS)
 
 
-async def read_free_memory(command: str, *, group: str, cwd: Path, limit: float) -> Reading:
+async def read_free_memory(
+    command: str,
+    *,
+    group: str,
+    cwd: Path,
+    limit: float,
+    withheld: frozenset[str] = frozenset(),
+) -> Reading:
     """Run the command once, in its own process group (killed whole on timeout or cancel)."""
-    env = {k: v for k, v in os.environ.items() if k not in _SECRET_VARIABLES}
+    # The daemon's secrets never reach it, as for hooks (DESIGN §5).
+    env = daemon_environment(withheld)
     env["LLMUX_GROUP"] = group
     try:
         proc = await asyncio.create_subprocess_exec(

@@ -138,17 +138,22 @@ class _Capture:
 WITHHELD_VARIABLES: Final = frozenset({"LLMUX_ADMIN_TOKEN"})
 
 
+def daemon_environment(withheld: frozenset[str] = frozenset()) -> dict[str, str]:
+    """What every command the daemon runs inherits: its environment minus its secrets."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in WITHHELD_VARIABLES and value not in withheld
+    }
+
+
 def hook_environment(
     model: ModelConfig, hook: HookName, withheld: frozenset[str] = frozenset()
 ) -> dict[str, str]:
     """The daemon's environment minus its secrets (`LLMUX_ADMIN_TOKEN`, and any variable
     whose value is one of `withheld`: the admin token and API keys), then the model's
     `[models.ID.env]` (which wins over the daemon's own, DESIGN §14), plus the hook's."""
-    env = {
-        name: value
-        for name, value in os.environ.items()
-        if name not in WITHHELD_VARIABLES and value not in withheld
-    }
+    env = daemon_environment(withheld)
     env.update(model.env)
     env["LLMUX_MODEL"] = model.id
     env["LLMUX_PORT"] = str(model.port)
@@ -177,6 +182,11 @@ class HookRunner:
     def withhold(self, secrets: Collection[str]) -> None:
         """Environment variables holding one of `secrets` are not passed to hooks."""
         self._withheld = frozenset(secret for secret in secrets if secret)
+
+    @property
+    def withheld(self) -> frozenset[str]:
+        """The secret values no command the daemon runs may see (the free-memory probe too)."""
+        return self._withheld
 
     @property
     def running(self) -> int:

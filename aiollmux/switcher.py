@@ -14,16 +14,22 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Literal, NamedTuple, Protocol
 
 from aiollmux.admission import InFlightGuard, Member, StartingRequests, abandon
 from aiollmux.config import GroupConfig, ModelConfig, PolicyConfig
 from aiollmux.cost import IDLE, SwitchCosts
 from aiollmux.errors import ModelNotFound, ModelTimeout, QueueFull, ServiceStopping, WakeFailed
+from aiollmux.eviction import EPSILON_GB, choose_victims
 from aiollmux.free_memory import wait_for_free_memory
+from aiollmux.group_state import (
+    GroupView,
+    MemberView,
+    ModelStatus,
+    SwitcherState,
+    Transition,
+)
 from aiollmux.hooks import HookResult, HookRunner
 from aiollmux.metrics import Metrics
 from aiollmux.policy import (
@@ -33,7 +39,6 @@ from aiollmux.policy import (
     QueueView,
     VictimView,
     next_ask,
-    victim_order,
 )
 
 __all__ = [
@@ -53,9 +58,6 @@ logger = logging.getLogger(__name__)
 BACKOFF_SECS = 2.0
 MIN_RETRY_SECS = 0.01  # the soonest a policy's deferral is honoured
 
-ModelStatus = Literal["active", "asleep", "waking", "sleeping", "draining"]
-GroupState = Literal["idle", "active", "switching"]
-
 
 class ExclusiveGate(Protocol):
     """What an exclusive group's switch uses to clear the GPU of other groups' models."""
@@ -72,39 +74,7 @@ class _ForcedSwitch(NamedTuple):
     only: str | None = None  # with target None: put only this member to sleep
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
-    source: str | None
-    target: str | None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MemberView:
-    """One member as the status document shows it."""
-
-    config: ModelConfig
-    state: ModelStatus
-    in_flight: int
-    queued: int
-    retired: bool
-    last_activity: float  # when a request last started or ended on it (or it woke)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GroupView:
-    """A group at one instant (`Switcher.snapshot()`)."""
-
-    group: str
-    state: GroupState
-    active_model: str | None
-    active_models: tuple[str, ...]  # awake members, most recently activated last
-    switching: Transition | None
-    members: Mapping[str, MemberView]
-    memory_gb: float | None  # the budget; None: one member awake at a time
-    memory_used_gb: float | None  # awake members' and the waking one's; None: not declared
-
-
-class Switcher:
+class Switcher(SwitcherState):
     """Keeps a group's awake members and routes requests to them: one member awake at a
     time, or as many as fit in the group's memory budget (DESIGN §8); a switch drains and
     sleeps what must make room before the target wakes."""
@@ -123,27 +93,17 @@ class Switcher:
         settings: GroupConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._group = group
-        self._settings = settings if settings is not None else GroupConfig(name=group)
-        self._policy_config = policy_config
+        super().__init__(
+            group=group,
+            settings=settings,
+            policy_config=policy_config,
+            hooks=hooks,
+            base_dir=base_dir,
+            clock=clock,
+        )
         self._policy = policy
-        self._hooks = hooks
         self._costs = costs
         self._metrics = metrics
-        self._base_dir = base_dir
-        self._clock = clock
-        self._members: dict[str, Member] = {}
-        # The state, as one value: the awake members in activation order (model ->
-        # when it became active), the switch under way, the hook running. Whether the
-        # group is idle, active or switching, and each model's status, derive from it.
-        self._awake: dict[str, float] = {}
-        self._switching: Transition | None = None
-        self._hook_running: tuple[str, str] | None = None  # (model, hook) while one runs
-        # Woken now: its memory counts from its wake's start (and free-memory probe) to the
-        # end of the wake, or of the clean-up sleep after a failed wake.
-        self._occupying: str | None = None
-        self._backoff_until = 0.0
-        self._idle_since = clock()
         self._kick = asyncio.Event()
         # Switches and sleeps asked for by name (admin API, idle sleep), ahead of the policy.
         self._forced: deque[_ForcedSwitch] = deque()
@@ -154,170 +114,12 @@ class Switcher:
         self._hook_lock = asyncio.Lock()
         self._exclusive_gate: ExclusiveGate | None = None  # set for exclusive groups
         self._on_change: list[Callable[[], None]] = []  # called when the awake set changes
-        self._changes = 0
         self._retry_handle: asyncio.TimerHandle | None = None
         self._driver: asyncio.Task[None] | None = None
         self._closed = False
         for config in models.values():
             self._add_member(config)
         self._memory_changed()
-
-    # -- views -------------------------------------------------------------------------
-
-    @property
-    def group(self) -> str:
-        return self._group
-
-    @property
-    def clock(self) -> Callable[[], float]:
-        return self._clock
-
-    @property
-    def hooks(self) -> HookRunner:
-        return self._hooks
-
-    @property
-    def base_dir(self) -> Path:
-        return self._base_dir
-
-    @property
-    def policy_config(self) -> PolicyConfig:
-        return self._policy_config
-
-    @property
-    def active(self) -> str | None:
-        """The most recently activated awake member, if any."""
-        return next(reversed(self._awake), None)
-
-    @property
-    def awake(self) -> tuple[str, ...]:
-        """The awake members, most recently activated last."""
-        return tuple(self._awake)
-
-    @property
-    def activated_at(self) -> float:
-        active = self.active
-        return 0.0 if active is None else self._awake[active]
-
-    @property
-    def switching(self) -> Transition | None:
-        return self._switching
-
-    @property
-    def hook_running(self) -> tuple[str, str] | None:
-        return self._hook_running
-
-    @property
-    def backoff_until(self) -> float:
-        return self._backoff_until
-
-    @property
-    def last_activity(self) -> float:
-        """When a request last started or ended on the active model (or it woke)."""
-        active = self.active
-        return self._idle_since if active is None else self._members[active].last_activity
-
-    @property
-    def settings(self) -> GroupConfig:
-        return self._settings
-
-    @property
-    def memory_gb(self) -> float | None:
-        """The group's memory budget; None: one member awake at a time."""
-        return self._settings.memory_gb
-
-    def memory_used_gb(self) -> float | None:
-        """What the awake members (and the one being woken) occupy; None if one of them
-        declares no `memory_gb`."""
-        used = 0.0
-        for name in self._occupants():
-            size = self._members[name].config.memory_gb
-            if size is None:
-                return None
-            used += size
-        return used
-
-    def _occupants(self) -> list[str]:
-        names = [name for name in self._awake if name in self._members]
-        if self._occupying is not None and self._occupying not in self._awake:
-            names.append(self._occupying)
-        return names
-
-    def member_last_activity(self, model: str) -> float:
-        return self._members[model].last_activity
-
-    @property
-    def changes(self) -> int:
-        """How often the awake set changed."""
-        return self._changes
-
-    @property
-    def models(self) -> Mapping[str, ModelConfig]:
-        """Every member's settings, retiring ones included."""
-        return MappingProxyType({name: m.config for name, m in self._members.items()})
-
-    def model_config(self, model: str) -> ModelConfig:
-        return self._members[model].config
-
-    def model_status(self, model: str) -> ModelStatus:
-        member = self._members[model]
-        if self._hook_running == (model, "wake"):
-            return "waking"
-        if self._hook_running == (model, "sleep"):
-            return "sleeping"
-        if member.draining:
-            return "draining"
-        return "active" if model in self._awake else "asleep"
-
-    def state(self) -> GroupState:
-        if self._switching is not None:
-            return "switching"
-        return "active" if self._awake else "idle"
-
-    def in_flight(self, model: str) -> int:
-        return self._members[model].in_flight
-
-    def queued(self, model: str) -> int:
-        return self._members[model].queued
-
-    def is_busy(self, model: str | None = None) -> bool:
-        """Requests in flight or queued anywhere in the group, or a switch under way.
-
-        With `model`, in a group with a memory budget: that member has requests, or is
-        being put to sleep or woken (the others' traffic does not concern it)."""
-        if model is None or self.memory_gb is None:
-            return self._switching is not None or any(
-                m.in_flight or m.waiters for m in self._members.values()
-            )
-        member = self._members.get(model)
-        moving = self._switching is not None and model in (
-            self._switching.source,
-            self._switching.target,
-        )
-        return member is None or bool(member.in_flight or member.waiters) or moving
-
-    def snapshot(self) -> GroupView:
-        members = {
-            name: MemberView(
-                config=member.config,
-                state=self.model_status(name),
-                in_flight=member.in_flight,
-                queued=member.queued,
-                retired=member.retired,
-                last_activity=member.last_activity,
-            )
-            for name, member in self._members.items()
-        }
-        return GroupView(
-            group=self._group,
-            state=self.state(),
-            active_model=self.active,
-            active_models=self.awake,
-            switching=self._switching,
-            members=MappingProxyType(members),
-            memory_gb=self.memory_gb,
-            memory_used_gb=self.memory_used_gb(),
-        )
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -682,13 +484,6 @@ class Switcher:
                 finally:
                     self._switching = None
 
-    def _over_budget(self) -> bool:
-        budget = self.memory_gb
-        if budget is None:
-            return len(self._awake) > 1
-        used = self.memory_used_gb()
-        return used is not None and used > budget
-
     def _victims(self, target: str | None) -> list[str]:
         """Awake members to put to sleep so that `target` (None: nothing) fits, in the
         order to sleep them: the policy's order, idle members before busy ones, only as
@@ -699,7 +494,7 @@ class Switcher:
             keep = 0 if target is not None else 1  # an over-full group keeps its newest
             return awake[: len(awake) - keep] if keep else awake
         needed = self._memory_of(target) + (self.memory_used_gb() or 0.0) - budget
-        if needed <= 1e-9:
+        if needed <= EPSILON_GB:
             return []
         now = self._clock()
         views = [
@@ -714,26 +509,11 @@ class Switcher:
             )
             for name in awake
         ]
-        order = victim_order(self._policy, views, self._context())
-        busy = {view.model for view in views if view.in_flight or view.queued}
-        chosen: list[str] = []
-        for name in [m for m in order if m not in busy] + [m for m in order if m in busy]:
-            if needed <= 1e-9:
-                break
-            chosen.append(name)
-            needed -= self._memory_of(name)
-        return chosen
+        return choose_victims(self._policy, views, self._context(), needed)
 
     def _fits_now(self, target: str) -> bool:
         """A budget group can wake `target` without putting anything to sleep."""
         return self.memory_gb is not None and not self._victims(target)
-
-    def _memory_of(self, model: str | None) -> float:
-        if model is None:
-            return 0.0
-        member = self._members.get(model)
-        size = member.config.memory_gb if member is not None else None
-        return size if size is not None else 0.0
 
     async def yield_gpu(self, *, unless: Callable[[], bool] | None = None) -> None:
         """Drain and sleep the awake members (an admin sleep, idle sleep, a removal, or
@@ -826,6 +606,7 @@ class Switcher:
             needed_gb=self._memory_of(target),
             within=self._settings.free_memory_timeout_secs,
             cwd=self._base_dir,
+            withheld=self._hooks.withheld,
         )
 
     def _probe_failed(self, target: str, source: str | None, problem: str) -> str:

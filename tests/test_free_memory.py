@@ -34,6 +34,17 @@ async def test_it_sees_its_group_and_never_the_admin_token(
     assert (reading.free_gb, reading.detail) == (5.0, "printed 'free in gpu: 5 no-token'")
 
 
+async def test_it_never_sees_a_variable_holding_an_api_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MY_KEY", "sk-live")
+    command = 'echo "5 ${MY_KEY:-withheld}"'
+    reading = await read_free_memory(
+        command, group="gpu", cwd=tmp_path, limit=10, withheld=frozenset({"sk-live"})
+    )
+    assert reading.detail == "printed '5 withheld'"
+
+
 async def test_a_hung_command_is_killed_at_its_limit(tmp_path: Path) -> None:
     reading = await read_free_memory(
         f"echo $$ > {tmp_path}/pid; exec sleep 30", group="g", cwd=tmp_path, limit=0.3

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 
 from aiollmux.admission import DEMAND_SECS
 from aiollmux.config import PolicyConfig
-from aiollmux.policy import Decision, PolicyContext, VictimView, victim_order
+from aiollmux.eviction import choose_victims
+from aiollmux.policy import Decision, PolicyContext, VictimView
 from aiollmux.simulate.costs import HookCosts
 from aiollmux.simulate.engine import (
     Request,
@@ -27,8 +28,6 @@ from aiollmux.simulate.engine import (
     _Switch,
 )
 from aiollmux.simulate.workload import Workload
-
-_EPSILON = 1e-9
 
 
 class BudgetSimulation(Simulation):
@@ -96,8 +95,6 @@ class BudgetSimulation(Simulation):
     def _victims_for(self, target: str, context: PolicyContext) -> list[str]:
         used = sum(self.sizes[model] for model in self.awake)
         needed = self.sizes[target] + used - self.memory_gb
-        if needed <= _EPSILON:
-            return []
         views = [
             VictimView(
                 model=model,
@@ -112,15 +109,7 @@ class BudgetSimulation(Simulation):
             for model in self.awake
             if model != target
         ]
-        order = victim_order(self.policy, views, context)
-        busy = {view.model for view in views if view.in_flight or view.queued}
-        chosen = []
-        for model in [m for m in order if m not in busy] + [m for m in order if m in busy]:
-            if needed <= _EPSILON:
-                break
-            chosen.append(model)
-            needed -= self.sizes[model]
-        return chosen
+        return choose_victims(self.policy, views, context, needed)
 
     # -- a switch: victims one by one, then the wake -----------------------------------
 
