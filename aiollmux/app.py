@@ -68,7 +68,12 @@ def json_answer(
 
 def error_response(error: RequestError) -> web.Response:
     shape = shape_of(error)
-    return json_answer(error_body(error.message, shape), status=shape.status, headers=error.headers)
+    response = json_answer(
+        error_body(error.message, shape), status=shape.status, headers=error.headers
+    )
+    if error.close_connection:
+        response.force_close()
+    return response
 
 
 def openai_errors(handler: Handler) -> Handler:

@@ -33,6 +33,9 @@ class RequestError(LlmuxError):
     """An error answered to an HTTP client; the table below gives its shape."""
 
     headers: dict[str, str]
+    # The answer closes the connection: the request's body may be left unread (refused
+    # before it was read), and the connection cannot be trusted to carry the next request.
+    close_connection = False
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -54,17 +57,17 @@ class ModelNotFound(RequestError):
 class InvalidRequest(RequestError):
     """A request refused for its form (a dot-segment in its path, a client too slow)."""
 
+    close_connection = True
+
 
 class ClientTooSlow(InvalidRequest, TimeoutError):
     """The request body stalled past `client_body_timeout_secs`."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.headers["Connection"] = "close"
-
 
 class PathNotProxied(RequestError):
     """The path is not among the proxied ones (DESIGN §5 `proxy_paths`)."""
+
+    close_connection = True
 
 
 class BodyTooLarge(RequestError):

@@ -361,3 +361,20 @@ async def test_secrets_never_reach_hooks(lab: Lab, monkeypatch: pytest.MonkeyPat
     assert "HARMLESS=kept" in environment  # the hook did run and dump its environment
     for secret in ("admin-env-secret", "sk-api-secret", "admin-file-secret", "LLMUX_ADMIN_TOKEN"):
         assert secret not in environment
+
+
+@pytest.mark.parametrize("target", ["/v1/../x", "/sleep"])
+async def test_refused_unread_body_closes_the_connection(lab: Lab, target: str) -> None:
+    # Refused before its body was read: the connection cannot be trusted with the next
+    # request (with `Connection: Upgrade`, aiohttp stops parsing it as HTTP); the fuzzer's
+    # next request on such a connection used to hang.
+    await lab.add_backends("alpha")
+    body = json.dumps({"model": "alpha", "pad": "x" * 300_000}).encode()
+    head = (
+        f"POST {target} HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    async with running_daemon(lab.config()) as daemon:
+        answer = await exchange(port_of(daemon), head + body, within=15)  # read until closed
+    assert answer.split(b" ", 2)[1] in (b"400", b"404")
+    assert b"connection: close" in answer.lower()
