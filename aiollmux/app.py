@@ -9,6 +9,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -123,6 +124,7 @@ def admin_token(config: Config) -> str | None:
 
 
 def check_admin(request: web.Request) -> None:
+    _refuse_other_sites(request)
     token = admin_token(request.app[MULTIPLEXER].config)
     if token is not None:
         if not _matches_any(_bearer(request), (token,)):
@@ -130,6 +132,46 @@ def check_admin(request: web.Request) -> None:
         return
     if not _is_loopback(request.remote):
         raise Unauthorized("admin routes answer only loopback clients when no admin_token is set")
+    if not _names_this_machine(request.host):
+        # DNS rebinding: a web page whose name resolves to 127.0.0.1 is "loopback" too.
+        raise Unauthorized(
+            "without an admin_token, admin routes answer only requests addressed to this"
+            " machine (localhost, its host name or an IP address)"
+        )
+
+
+def _refuse_other_sites(request: web.Request) -> None:
+    """A web page of another site must not drive the daemon through its user's browser
+    (a browser on the GPU box is a loopback client): its requests carry a foreign
+    `Origin` or `Sec-Fetch-Site: cross-site`. The CLI and curl send neither; the status
+    page is same-origin."""
+    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        raise Unauthorized("admin routes refuse cross-site requests from web pages")
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return
+    host = request.host.lower()
+    if origin.lower() not in (f"http://{host}", f"https://{host}"):
+        raise Unauthorized(
+            f"admin routes refuse requests from web pages of another origin ({origin[:100]!r})"
+        )
+
+
+def _names_this_machine(host: str) -> bool:
+    """`Host` names an IP address, localhost or this machine's own name (any port)."""
+    name = host.lower()
+    if name.startswith("["):  # [::1]:3000
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        pass
+    else:
+        return True
+    own = socket.gethostname().lower()
+    return name in ("localhost", own, own.partition(".")[0]) or name.endswith(".localhost")
 
 
 def _is_loopback(remote: str | None) -> bool:

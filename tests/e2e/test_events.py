@@ -153,7 +153,7 @@ async def test_a_reader_that_never_reads_costs_bounded_memory(lab: Lab) -> None:
         alone = loop.time() - started
         port = int(daemon.url.rsplit(":", 1)[1])
         _, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /admin/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        writer.write(b"GET /admin/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         await writer.drain()
         await wait_for(lambda: hub.readers == 1)
         # Fat events fill the socket buffers fast; then the reader's queue fills up.
@@ -281,7 +281,7 @@ async def test_shutdown_closes_streams_at_once(lab: Lab) -> None:
     url = f"http://127.0.0.1:{config.port}"
     hub = app[EVENTS]
     _, stuck = await asyncio.open_connection("127.0.0.1", config.port)
-    stuck.write(b"GET /admin/events HTTP/1.1\r\nHost: x\r\n\r\n")
+    stuck.write(b"GET /admin/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     async with aiohttp.ClientSession() as client:
         response = await client.get(f"{url}/admin/events", timeout=NO_TIMEOUT)
         reading = asyncio.create_task(response.read())  # to the end: EOF, not a hang
