@@ -79,6 +79,18 @@ async def _chat(session: aiohttp.ClientSession, url: str, model: str) -> float:
     return time.perf_counter() - started
 
 
+def _hook_durations(log: Path) -> dict[str, list[float]]:
+    """The wake and sleep hooks' durations, from the daemon's `hook_completed` events."""
+    durations: dict[str, list[float]] = {"wake": [], "sleep": []}
+    for line in log.read_text().splitlines():
+        if not line.startswith("{"):
+            continue
+        event = json.loads(line)
+        if event.get("event") == "hook_completed" and event.get("hook") in durations:
+            durations[event["hook"]].append(float(event["duration"]))
+    return durations
+
+
 async def measure(switches: int) -> dict[str, Any]:
     binary = Path(
         os.environ.get("LLAMA_SERVER_BIN")
@@ -91,11 +103,14 @@ async def measure(switches: int) -> dict[str, Any]:
         port = _free_port()
         config = _config(tmp, binary, port)
         url = f"http://127.0.0.1:{port}"
-        daemon = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "aiollmux", "run", "-c", str(config),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
+        log = tmp / "daemon.log"
+        with log.open("wb") as output:
+            daemon = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "aiollmux", "run", "-c", str(config),
+                "--log-format", "json",
+                stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output,
+                start_new_session=True,
+            )  # fmt: skip
         try:
             async with aiohttp.ClientSession() as session:
                 await _wait_healthy(session, url)
@@ -111,13 +126,16 @@ async def measure(switches: int) -> dict[str, Any]:
             if daemon.returncode is None:
                 os.killpg(daemon.pid, signal.SIGTERM)
                 await daemon.wait()
+        hooks = _hook_durations(log)
     costs = [float(entry["seconds"]) for entry in status.get("switch_costs", [])]
+    medians = {hook: statistics.median(times) for hook, times in hooks.items() if times}
     return {
         "switches": switches,
         "request_p50_secs": statistics.median(times),
         "request_max_secs": max(times),
         "request_secs": times,
         "daemon_switch_costs_secs": costs,
+        "hook_p50_secs": medians,
     }
 
 
@@ -132,6 +150,8 @@ def main() -> None:
         f" p50 {result['request_p50_secs']:.3f} s, max {result['request_max_secs']:.3f} s"
         " (one-token request that waits for the switch)"
     )
+    hooks = ", ".join(f"{hook} {secs:.3f} s" for hook, secs in result["hook_p50_secs"].items())
+    print(f"hook p50: {hooks}; load average {os.getloadavg()[0]:.2f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
 

@@ -105,7 +105,8 @@ STOP_GRACE_CENTIS=$CENTIS
 deadline() {
     to_centis "$1" || die "timeout must be a number of seconds, got '$1'"
     TIMEOUT_SECS=$1
-    DEADLINE=$(($(now_centis) + CENTIS))
+    # +1: the clock ticks in hundredths, so "now" may be up to one tick old: never end early.
+    DEADLINE=$(($(now_centis) + CENTIS + 1))
 }
 
 # seconds_left: what is left until the deadline, in seconds (at least 0.1: a last request).
@@ -231,15 +232,17 @@ group_alive() {
     # No process at all in the group (the usual case once it has exited): no scan needed.
     kill -s 0 -- "-$1" 2>/dev/null || return 1
     [ -d /proc/self ] || return 0
-    _pgid=$1
-    for _file in /proc/[0-9]*/stat; do
-        { read -r _stat <"$_file"; } 2>/dev/null || continue
-        # Fields after the command name: state ppid pgrp ... (the name may hold anything).
-        # shellcheck disable=SC2086  # splitting the fields is the point
-        set -- ${_stat##*) }
-        [ "$3" = "$_pgid" ] && [ "$1" != Z ] && [ "$1" != X ] && return 0
-    done
-    return 1
+    [ -n "$(group_members "$1")" ]
+}
+
+# group_members PGID: the pids of the live (not zombie) processes in that process group. One
+# awk over every /proc/*/stat: a loop in sh takes ten times as long. (`cat`, because awk may
+# stop at a file that vanished meanwhile.)
+group_members() {
+    # Fields after the command name: state ppid pgrp ... (the name may hold anything).
+    cat /proc/[0-9]*/stat 2>/dev/null | awk -v group="$1" '
+        { pid = $1; sub(/.*\) /, "") }
+        $3 == group && $1 != "Z" && $1 != "X" { print pid }'
 }
 
 group_gone() {
@@ -251,7 +254,6 @@ group_gone() {
 # is). Proves that what answers on the port is the server these hooks started.
 holds_port() {
     pid_alive "$1" || return 1
-    _pid_group=$1
     [ -r /proc/net/tcp ] || return 0
     _hex=$(printf ':%04X' "$LLMUX_PORT")
     _inodes=$(cat /proc/net/tcp /proc/net/tcp6 2>/dev/null |
@@ -262,12 +264,8 @@ holds_port() {
     for _inode in $_inodes; do
         case $_fds in *"socket:[$_inode]"*) return 0 ;; esac
     done
-    for _file in /proc/[0-9]*/stat; do
-        { read -r _stat <"$_file"; } 2>/dev/null || continue
-        # shellcheck disable=SC2086  # splitting the fields is the point
-        set -- ${_stat##*) }
-        [ "$3" = "$_pid_group" ] || continue
-        _fds=$(ls -l "${_file%/stat}/fd" 2>/dev/null)
+    for _member in $(group_members "$1"); do
+        _fds=$(ls -l "/proc/$_member/fd" 2>/dev/null)
         for _inode in $_inodes; do
             case $_fds in *"socket:[$_inode]"*) return 0 ;; esac
         done
