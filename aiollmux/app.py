@@ -247,7 +247,15 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
     model, body, decoded = await _route(request, mux, body)
     check_model(path, config, model)
     metrics = request.app[METRICS]
-    status = "499"  # the client went away before an answer (nginx's convention)
+    # The client went away before an answer (nginx's convention). Once the answer has
+    # started, the status recorded is the one sent, however the request ends (as nginx
+    # logs it): a client that closes after the last byte it wanted did not abort.
+    status = "499"
+
+    def answer_started(code: int) -> None:
+        nonlocal status
+        status = str(code)
+
     try:
         guard = await mux.acquire(model)
         try:
@@ -258,11 +266,12 @@ async def proxy_handler(request: web.Request) -> web.StreamResponse:
                 guard,
                 drop_authorization=bool(config.api_keys),
                 decoded=decoded,
+                on_started=answer_started,
             )
             status = str(response.status)
             return response
         except ClientGone as gone:
-            return gone.response  # counted as 499
+            return gone.response
         finally:
             guard.release()
     except RequestError as error:

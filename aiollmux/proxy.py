@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -43,6 +43,9 @@ HOP_BY_HOP = frozenset(
 _SET_BY_CLIENT = frozenset({"host", "content-length", "expect"})
 _RAW_BYTES_LIMIT = 1024 * 1024
 _SKIP_AUTO_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
+# The last event of an OpenAI-style event stream.
+_STREAM_END = b"data: [DONE]\n\n"
+_END_LEN = len(_STREAM_END)
 # Errors that mean a pooled keep-alive connection was already dead when reused.
 _STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
@@ -116,9 +119,11 @@ class Proxy:
         *,
         drop_authorization: bool,
         decoded: bool = False,
+        on_started: Callable[[int], None] | None = None,
     ) -> web.StreamResponse:
         """`decoded`: `body` is no longer the client's encoded bytes (an `upstream_model`
-        rewrite of a compressed body), so its Content-Encoding goes too."""
+        rewrite of a compressed body), so its Content-Encoding goes too. `on_started` hears
+        the status once it is sent: a request that ends later ended with that status."""
         drop = _DROP_REQUEST_AND_AUTH if drop_authorization else _DROP_REQUEST
         if decoded:
             drop = drop | {"content-encoding"}
@@ -135,17 +140,21 @@ class Proxy:
         guard.on_cut = lambda: _cut(request, upstream)
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         response.headers.extend(_filtered(upstream.headers, HOP_BY_HOP))
+        tail = b""  # the last bytes sent: has the client had an event stream's end?
         try:
             await response.prepare(request)
+            if on_started is not None:
+                on_started(response.status)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
+                tail = (tail + chunk)[-_END_LEN:] if len(chunk) < _END_LEN else chunk[-_END_LEN:]
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
             if (
                 isinstance(exc, ConnectionResetError)
                 and _client_gone(request)
                 and not guard.was_cut
             ):
-                _client_disconnected(model)
+                _client_disconnected(model, tail == _STREAM_END)
                 raise ClientGone(response) from None
             if not guard.was_cut:  # a drain timeout is logged as drain_timeout
                 logger.warning(
@@ -158,10 +167,10 @@ class Proxy:
             if request.transport is not None:
                 request.transport.close()
         except ConnectionResetError:
-            _client_disconnected(model)
+            _client_disconnected(model, tail == _STREAM_END)
             raise ClientGone(response) from None
         except asyncio.CancelledError:
-            _client_disconnected(model)
+            _client_disconnected(model, tail == _STREAM_END)
             raise
         finally:
             guard.on_cut = None
@@ -231,7 +240,12 @@ def _client_gone(request: web.Request) -> bool:
     return request.transport is None or request.transport.is_closing()
 
 
-def _client_disconnected(model: ModelConfig) -> None:
+def _client_disconnected(model: ModelConfig, ended: bool = False) -> None:
+    if ended:
+        # The OpenAI SDKs close as soon as `data: [DONE]` arrives, often before the
+        # backend's last (empty) chunk: the client had all it wanted; nothing was aborted.
+        logger.debug("client closed after the end of a stream from %r", model.id)
+        return
     logger.info(
         "client went away; upstream request of %r aborted",
         model.id,

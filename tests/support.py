@@ -190,6 +190,8 @@ class FakeBackend:
                 await response.write(f"data: {json.dumps(line)}\n\n".encode())
                 self.chunks_sent += 1
             await response.write(b"data: [DONE]\n\n")
+            if gate is not None and body.get("hold_end"):  # the final empty chunk waits
+                await self.gates.setdefault(f"{gate}:end", asyncio.Event()).wait()
             await response.write_eof()
         except (asyncio.CancelledError, ConnectionError):
             self.closed_streams += 1

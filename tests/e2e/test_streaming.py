@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 
 import aiohttp
 import pytest
@@ -47,7 +48,10 @@ async def test_client_disconnect_mid_stream_releases_the_model(lab: Lab) -> None
         await wait_for(lambda: switcher.in_flight("alpha") == 0)
         metrics = await daemon.metrics()
         assert 'llmux_model_in_flight{model="alpha"} 0.0' in metrics
-        assert 'llmux_requests_total{model="alpha",status="499"} 1.0' in metrics
+        # The answer had started: counted with the status sent, as nginx logs it (499 is
+        # for a client gone before any answer).
+        assert 'llmux_requests_total{model="alpha",status="200"} 1.0' in metrics
+        assert 'status="499"' not in metrics
 
 
 async def test_stream_drains_before_switch(lab: Lab) -> None:
@@ -90,3 +94,27 @@ async def test_drain_timeout_cuts_the_stream_and_switches(lab: Lab) -> None:
         stream.close()
         assert daemon.mux.switchers["default"].in_flight("alpha") == 0
     assert lab.violations() == []
+
+
+async def test_a_client_that_closes_after_done_completed_its_stream(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The openai SDK closes right after `data: [DONE]`, before the backend's final empty
+    # chunk: the request was complete, not an abort (it was counted 499 and logged as
+    # client_disconnected).
+    await lab.add_backends("alpha")
+    backend = lab.backends["alpha"]
+    async with running_daemon(lab.config()) as daemon:
+        switcher = daemon.mux.switchers["default"]
+        with caplog.at_level(logging.DEBUG, logger="aiollmux"):
+            response = await daemon.chat("alpha", stream=True, chunks=1, gate="g", hold_end=True)
+            body = await response.content.readuntil(b"data: [DONE]\n\n")
+            assert body.endswith(b"data: [DONE]\n\n")
+            response.close()  # as the SDK does, while the backend still holds its last chunk
+            await asyncio.wait_for(backend.stream_closed.wait(), 10)
+            await wait_for(lambda: switcher.in_flight("alpha") == 0)
+        metrics = await daemon.metrics()
+        assert 'llmux_requests_total{model="alpha",status="200"} 1.0' in metrics
+        assert 'status="499"' not in metrics
+        events = [getattr(r, "event", None) for r in caplog.records]
+        assert "client_disconnected" not in events
