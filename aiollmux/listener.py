@@ -96,6 +96,11 @@ class GuardedConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
+        # Paused (and the send timer started) as soon as any byte is left unsent, not past
+        # 64 KiB: a connection closed with a few KiB a client never reads would otherwise
+        # wait for it for ever, and hold its slot of max_connections (its flow control is
+        # the kernel's socket buffer instead).
+        transport.set_write_buffer_limits(high=0)
         loop = asyncio.get_running_loop()
         self._header_timer = loop.call_later(self._limits.header_timeout, self._header_timeout)
         self._site.opened(self)

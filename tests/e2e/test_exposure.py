@@ -225,6 +225,43 @@ async def test_stalled_reader_cannot_hold_a_drain(lab: Lab) -> None:
     assert 1.0 <= delay < 20.0, delay
 
 
+async def test_a_connection_closed_with_a_few_unread_kib_is_cut_and_frees_its_slot(
+    lab: Lab,
+) -> None:
+    # Pipelined requests whose answers the client never reads, the last with
+    # `Connection: close`: aiohttp closes the transport with a few KiB unsent (under the
+    # 64 KiB that used to pause writing and start the send timer), and close() would wait
+    # for the client for ever, holding its slot: with max_connections full, nobody else was
+    # served again.
+    await lab.add_backends("alpha")
+    top = "send_timeout_secs = 1\nkeepalive_timeout_secs = 1\nmax_connections = 2\n"
+    async with running_daemon(lab.config(top=top)) as daemon:
+        loop = asyncio.get_running_loop()
+        one = b"GET /ui/status.js HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        last = b"GET /ui/status.js HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        stuck = []
+        for _ in range(2):
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", port_of(daemon)))
+            await loop.sock_sendall(sock, one * 69 + last)
+            stuck.append(sock)
+        try:
+            async with asyncio.timeout(30):  # the send timeout (1 s) per stuck connection
+                while True:
+                    try:
+                        async with asyncio.timeout(3):
+                            async with daemon.client.get(f"{daemon.url}/health") as answer:
+                                assert answer.status == 200
+                                break
+                    except TimeoutError:
+                        continue  # still waiting in the backlog: ask again
+        finally:
+            for sock in stuck:
+                sock.close()
+
+
 # -- bounded decoding, logs, forwarded headers ---------------------------------------------
 
 
