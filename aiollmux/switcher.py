@@ -537,6 +537,12 @@ class Switcher(SwitcherState):
 
     async def _switch(self, target: str) -> str | None:
         """Sleep what must make room, wake `target`; the failure message, if any."""
+        member = self._members.get(target)
+        if member is not None and member.arrival is not None:
+            # Moved here by a reload: its old group puts it to sleep first. Waited for with
+            # no lock held: that group may be in an exclusive switch that needs our lock.
+            await asyncio.wait({member.arrival})
+            member.arrival = None
         gate = self._exclusive_gate
         if gate is None:
             async with self._hook_lock:
@@ -627,12 +633,15 @@ class Switcher(SwitcherState):
         """Drain and sleep `source`, unless `unless` has become true before it began; the
         seconds its sleep hook took."""
         member = self._members[source]
-        remaining = self._policy_config.min_active_secs - (self._clock() - self._awake[source])
+        activated = self._awake.get(source)
+        if activated is None:  # marked lost since it was chosen: nothing left to put to sleep
+            return 0.0
+        remaining = self._policy_config.min_active_secs - (self._clock() - activated)
         if remaining > 0:
             await asyncio.sleep(remaining)
         # Requests just let in must be on their way before the model is marked draining.
         await self._starting.wait()
-        if unless is not None and unless():
+        if source not in self._awake or (unless is not None and unless()):
             return 0.0
         member.draining = True
         slept = False

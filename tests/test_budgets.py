@@ -14,7 +14,7 @@ from aiollmux.errors import WakeFailed
 from aiollmux.metrics import Metrics
 from aiollmux.policy import Policy, load_policy
 from aiollmux.switcher import Switcher
-from tests.support import Journal, budget_switcher, wait_for
+from tests.support import Journal, budget_switcher, hook_commands, wait_for
 
 SIZES = {"a": 4.0, "b": 4.0, "c": 6.0, "d": 8.0}
 
@@ -278,3 +278,26 @@ async def test_the_switch_cost_leaves_out_the_drain(tmp_path: Path) -> None:
 
 def _fifo() -> Policy:
     return load_policy(PolicyConfig())
+
+
+async def test_a_victim_marked_lost_before_its_turn_is_skipped(tmp_path: Path) -> None:
+    # A and B must both go for C; B dies (the health monitor marks it lost) while A's sleep
+    # hook runs. The switch used to raise KeyError('B') and abort.
+    (tmp_path / "state").mkdir()
+    slow = hook_commands(tmp_path / "journal.log", tmp_path / "state", delay=0.5)
+    switcher = budget_switcher(
+        tmp_path, {"A": 4, "B": 4, "C": 8}, 8, hooks={"A": {"sleep": slow["sleep"]}}
+    )
+    switcher.start()
+    try:
+        switcher.adopt("A")
+        switcher.adopt("B")
+        switching = asyncio.create_task(switcher.switch_to("C"))
+        await wait_for(lambda: switcher.hook_running == ("A", "sleep"))
+        assert switcher.mark_lost("B")
+        async with asyncio.timeout(10):
+            await switching
+        assert switcher.awake == ("C",)
+        assert Journal(tmp_path / "journal.log").count("start sleep B") == 0  # lost: no hook
+    finally:
+        await switcher.close()

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from aiollmux.config import load_config
+from aiollmux.multiplexer import Multiplexer
 from tests.support import Lab, running_daemon, wait_for
 
 GROUPS = """
@@ -120,3 +121,38 @@ async def test_an_active_model_moved_to_another_group_is_slept_before_woken_ther
 def _port_line(text: str) -> str:
     [line] = [line for line in text.splitlines() if line.startswith("port = ")][:1]
     return line
+
+
+async def test_a_model_moved_out_of_an_exclusive_group_mid_switch_deadlocks_nothing(
+    lab: Lab,
+) -> None:
+    # O (exclusive) drains X to wake Y; a reload moves X to N and a request for X comes.
+    # N's switch used to wait for X's arrival holding N's lock, while O's switch, at
+    # clearing the other groups, waited for that lock: neither group switched again.
+    groups = "request_timeout_secs = 20\n[groups.O]\nexclusive = true\n[groups.N]\n"
+    await lab.add_backends("X", "Y", "Z")
+    before = lab.config(
+        policy=groups, per_model={"X": {"group": "O"}, "Y": {"group": "O"}, "Z": {"group": "N"}}
+    )
+    after = lab.config(
+        policy=groups, per_model={"X": {"group": "N"}, "Y": {"group": "O"}, "Z": {"group": "N"}}
+    )
+    mux = Multiplexer(before)
+    mux.start()
+    try:
+        held = await mux.acquire(mux.resolve("X"))  # X awake in O, a request in flight
+        wake_y = asyncio.create_task(mux.acquire(mux.resolve("Y")))
+        await wait_for(lambda: mux.switchers["O"].model_status("X") == "draining")
+        mux.apply(after)
+        wake_x = asyncio.create_task(mux.acquire(mux.resolve("X")))
+        await wait_for(lambda: mux.switchers["N"].queued("X") == 1)
+        held.release()  # O's drain of X ends: O sleeps X, then clears N and wakes Y
+        async with asyncio.timeout(15):
+            guard_y = await wake_y
+            guard_y.release()
+            guard_x = await wake_x  # N wakes X once O has put it to sleep...
+            guard_x.release()
+            guard_z = await mux.acquire(mux.resolve("Z"))  # ...and N switches again
+            guard_z.release()
+    finally:
+        await mux.close()
