@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 
 from aiollmux.ratelimit import RateLimitedLog, resource_cause
@@ -39,6 +40,9 @@ class HealthMonitor:
         self._failures: dict[str, int] = {}
         self._next_check: dict[str, float] = {}
         self._not_before = 0.0  # back-off after an error
+        # Idle sleeps under way, one task each: a sleep waits for the switcher (another
+        # member's wake, a drain), and the other members are still watched meanwhile.
+        self._idle_sleeps: dict[str, asyncio.Task[None]] = {}
         self._backoff = ERROR_BACKOFF_SECS
         self._soon = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -60,6 +64,10 @@ class HealthMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        sleeps = list(self._idle_sleeps.values())
+        for task in sleeps:
+            task.cancel()
+        await asyncio.gather(*sleeps, return_exceptions=True)
 
     def configure(self, *, alive_interval: float, idle_sleep: float) -> None:
         """A reload changed the periods: they apply from now on."""
@@ -136,6 +144,8 @@ class HealthMonitor:
         now = switcher.clock()
         due = [now + 3600.0]  # nothing to watch: the switcher wakes us when that changes
         for model in switcher.awake:
+            if model in self._idle_sleeps:
+                continue  # its sleep's end wakes us (`_idle_sleep_done`)
             if self.alive_interval > 0:
                 due.append(self._next_check.get(model, now))
             if self.idle_sleep > 0:
@@ -149,14 +159,36 @@ class HealthMonitor:
         self._follow_awake()
         switcher = self.switcher
         for model in switcher.awake:
-            if model not in switcher.awake:
-                continue  # put to sleep while another member was looked at
+            if model not in switcher.awake or model in self._idle_sleeps:
+                continue  # put to sleep while another member was looked at, or going
             now = switcher.clock()
             idle_for = now - switcher.member_last_activity(model)
             if self.idle_sleep > 0 and idle_for >= self.idle_sleep and not switcher.is_busy(model):
-                await self._sleep_idle(model)
+                self._start_idle_sleep(model)
             elif self.alive_interval > 0 and now >= self._next_check.get(model, now):
                 await self._check_alive(model)
+
+    @property
+    def idle_sleeps(self) -> frozenset[str]:
+        """Members whose idle sleep is under way (waiting for the switcher, or running)."""
+        return frozenset(self._idle_sleeps)
+
+    def _start_idle_sleep(self, model: str) -> None:
+        task = asyncio.create_task(self._sleep_idle(model), name=f"idle-sleep-{model}")
+        self._idle_sleeps[model] = task
+        task.add_done_callback(functools.partial(self._idle_sleep_done, model))
+
+    def _idle_sleep_done(self, model: str, task: asyncio.Task[None]) -> None:
+        if self._idle_sleeps.get(model) is task:
+            del self._idle_sleeps[model]
+        if not task.cancelled() and task.exception() is not None:
+            logger.warning(
+                "idle sleep of %r did not happen: %s",
+                model,
+                task.exception(),
+                extra={"model": model},
+            )
+        self._soon.set()  # look at the group again
 
     async def _sleep_idle(self, model: str) -> None:
         switcher = self.switcher

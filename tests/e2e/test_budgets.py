@@ -225,3 +225,37 @@ async def test_reloads_add_lower_and_remove_the_budget(lab: Lab) -> None:
         assert status["groups"]["default"]["memory_gb"] is None
     lab.journal.assert_no_overlap()
     assert lab.violations() == []
+
+
+async def test_a_pending_idle_sleep_does_not_stop_the_other_members_checks(lab: Lab) -> None:
+    # coder goes idle while embed's wake holds the group: its idle sleep waits for the
+    # driver. The monitor used to wait with it, so no member was looked at meanwhile.
+    await lab.add_backends("chat", "embed", "coder")
+    go, hook = gated_wake(lab.tmp, lab.state_dir, "embed")
+    sizes = {"chat": {"memory_gb": 4}, "embed": {"memory_gb": 1}, "coder": {"memory_gb": 4}}
+    config = lab.config(
+        top="alive_interval_secs = 0.2\n",
+        policy="idle_sleep_secs = 0.5\n" + BUDGET,
+        per_model=sizes,
+        hooks={"embed": {"wake": hook}},
+    )
+    async with running_daemon(config) as daemon:
+        switcher = daemon.mux.switchers["default"]
+        monitor = daemon.mux.monitors["default"]
+        for model in ("coder", "chat"):
+            async with await daemon.chat(model) as response:
+                assert response.status == 200
+        chat = await daemon.chat("chat", stream=True, chunks=2, gate="g")  # chat stays busy
+        waking = asyncio.create_task(daemon.chat("embed"))
+        await wait_for(lambda: switcher.model_status("embed") == "waking")
+        await wait_for(lambda: "coder" in monitor.idle_sleeps)  # waits for the driver
+        ticks = monitor.ticks
+        await wait_for(lambda: monitor.ticks >= ticks + 3)  # chat's checks go on
+        assert switcher.model_status("embed") == "waking"
+        go.touch()
+        lab.backends["chat"].open_gate("g", 1)
+        await chat.read()
+        chat.close()
+        async with await waking as response:
+            assert response.status == 200
+        await wait_for(lambda: "coder" not in switcher.awake)
