@@ -1,4 +1,4 @@
-"""The admin API from the command line: `aiollmux status`, `switch`, `sleep` (DESIGN §11).
+"""The admin API from the command line: `aiollmux status`, `switch`, `sleep` (docs/design.md §11).
 
 Long calls (a switch runs hooks that may take minutes) show progress on stderr by
 polling `/admin/status` while the call is under way.

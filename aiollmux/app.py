@@ -1,4 +1,4 @@
-"""The aiohttp application: routes, auth, error shapes, and the proxy handler (DESIGN §5)."""
+"""The aiohttp application: routes, auth, error shapes, the proxy handler (docs/design.md §5)."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ RELOADER = web.AppKey("reloader", Reloader)
 TRIMMER = web.AppKey("trimmer", HeapTrimmer)
 EVENTS = web.AppKey("events", EventHub)
 # Undoing a Content-Encoding may expand a small body to the body limit: at most this many
-# at once (DESIGN §5), whatever the size of the thread pool.
+# at once (docs/design.md §5), whatever the size of the thread pool.
 DECODE_SLOTS = web.AppKey("decode_slots", asyncio.Semaphore)
 CONCURRENT_DECODES = 2
 
@@ -188,7 +188,7 @@ def _is_loopback(remote: str | None) -> bool:
 
 async def read_body(request: web.Request, limit: int, stall_secs: float | None = None) -> bytes:
     """The whole body, at most `limit` bytes; `stall_secs`: the longest wait for its next
-    bytes (`client_body_timeout_secs`, DESIGN §5), else 408."""
+    bytes (`client_body_timeout_secs`, docs/design.md §5), else 408."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"the request body is larger than {limit} bytes")
     chunks: list[bytes] = []
@@ -325,7 +325,7 @@ async def admin_status(request: web.Request) -> web.Response:
 
 
 async def admin_events(request: web.Request) -> web.StreamResponse:
-    """Server-Sent Events: a snapshot, then the daemon's events (DESIGN §13)."""
+    """Server-Sent Events: a snapshot, then the daemon's events (docs/design.md §13)."""
     check_admin(request)
     hub = request.app[EVENTS]
     reader = hub.subscribe()

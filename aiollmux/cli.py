@@ -1,4 +1,4 @@
-"""The `aiollmux` command line: a thin click layer over typed functions (DESIGN §11).
+"""The `aiollmux` command line: a thin click layer over typed functions (docs/design.md §11).
 
 Heavy modules (aiohttp, asyncio, the server) are imported inside the commands that need
 them: `demo-backend --check/--stop/--detach` run as hooks on every switch and must start
@@ -427,7 +427,7 @@ def migrate(source: Path, output: Path | None) -> None:
     click.echo(f"wrote {output}; check it with `aiollmux check -c {output}`", err=True)
 
 
-# -- simulate (DESIGN §9, docs/policies.md) -------------------------------------------
+# -- simulate (docs/design.md §9, docs/policies.md) -------------------------------------------
 
 
 @main.command()

@@ -1,4 +1,4 @@
-"""The configuration file: TOML text parsed into frozen dataclasses (DESIGN §2).
+"""The configuration file: TOML text parsed into frozen dataclasses (docs/design.md §2).
 
 `parse_config` is pure and raises `ConfigError` naming the file and the key path;
 `load_config` is the thin file-reading wrapper. Nothing else in aiollmux reads TOML.
@@ -41,7 +41,7 @@ HOOK_NAMES: Final[tuple[HookName, ...]] = ("wake", "sleep", "alive")
 ROOT_KEYS: Final = (
     "host", "port", "max_request_body_mb", "shutdown_timeout_secs", "sleep_on_shutdown",
     "alive_interval_secs", "api_keys", "admin_token", "policy", "groups", "models",
-    # Exposure and limits (DESIGN §5)
+    # Exposure and limits (docs/design.md §5)
     "proxy_paths", "client_header_timeout_secs", "client_body_timeout_secs",
     "send_timeout_secs", "keepalive_timeout_secs", "max_connections", "backlog",
 )  # fmt: skip
@@ -60,16 +60,16 @@ GROUP_KEYS: Final = (
 MODEL_KEYS: Final = (
     "port", "wake", "sleep", "alive", "wake_timeout_secs", "sleep_timeout_secs",
     "alive_timeout_secs", "aliases", "upstream_model", "group", "memory_gb",
-    "preset", "env",  # DESIGN §14
-    "proxy_paths",  # DESIGN §5
+    "preset", "env",  # docs/design.md §14
+    "proxy_paths",  # docs/design.md §5
 )  # fmt: skip
 # GiB: far above any GPU box, and small enough that sums of sizes stay exact enough.
 MAX_MEMORY_GB: Final = 1024.0 * 1024
-# [models.ID.env] may not set these: the daemon sets LLMUX_* for every hook (DESIGN §3).
+# [models.ID.env] may not set these: the daemon sets LLMUX_* for every hook (docs/design.md §3).
 RESERVED_ENV_PREFIX: Final = "LLMUX_"
 
 DEFAULT_PROXY_PATHS: Final = ("/v1/",)
-# Connection limits (DESIGN §5): the kernel's own ceiling on a listen backlog is somaxconn.
+# Connection limits (docs/design.md §5): the kernel's own ceiling on a listen backlog is somaxconn.
 MAX_CONNECTIONS_LIMIT: Final = 1_000_000
 MAX_BACKLOG: Final = 65535
 
@@ -110,10 +110,10 @@ class ModelConfig:
     aliases: tuple[str, ...] = ()
     upstream_model: str | None = None
     group: str = DEFAULT_GROUP
-    memory_gb: float | None = None  # GPU memory it occupies awake (DESIGN §8)
+    memory_gb: float | None = None  # GPU memory it occupies awake (docs/design.md §8)
     preset: str | None = None  # the hooks not given explicitly are this preset's (§14)
     env: Mapping[str, str] = field(default_factory=dict)  # added to its hooks' environment
-    # Request paths proxied to this model besides the top-level `proxy_paths` (DESIGN §5).
+    # Request paths proxied to this model besides the top-level `proxy_paths` (docs/design.md §5).
     # The place a preset (§14) puts its engine's native inference paths.
     proxy_paths: tuple[str, ...] = ()
 
@@ -372,7 +372,7 @@ def _parse_policy(table: _Table) -> PolicyConfig:
             raise table.error("name", f"malformed policy import path {name!r}: {expected}")
     return PolicyConfig(
         name=name,
-        # Omitted means unlimited (DESIGN §2): the request still ends, bounded by the
+        # Omitted means unlimited (docs/design.md §2): the request still ends, bounded by the
         # wake hook's own timeout. The starter config sets 300 explicitly.
         request_timeout_secs=table.optional_number("request_timeout_secs", positive=True),
         drain_before_switch=table.boolean("drain_before_switch", True),
@@ -509,14 +509,14 @@ def _parse_model(model_id: str, entry: _Table, groups: Mapping[str, GroupConfig]
         upstream_model=entry.optional_string("upstream_model"),
         group=group,
         memory_gb=_model_memory(entry, groups[group]),
-        # The preset's engine's native inference paths come with it (DESIGN §5, §14).
+        # The preset's engine's native inference paths come with it (docs/design.md §5, §14).
         proxy_paths=_proxy_paths(entry, default=())
         + (() if preset is None else preset.proxy_paths),
     )
 
 
 def _model_memory(entry: _Table, group: GroupConfig) -> float | None:
-    """A model's `memory_gb`: required in a group with a budget, and within it (DESIGN §8)."""
+    """A model's `memory_gb`: required in a budget group, and within it (docs/design.md §8)."""
     memory = entry.optional_number("memory_gb", positive=True)
     budget = group.memory_gb
     if budget is None:
@@ -601,7 +601,7 @@ MAX_CONFIG_BYTES: Final = 1024 * 1024
 
 def read_config_file(path: str | os.PathLike[str]) -> bytes:
     """The bytes of a configuration file: a regular file (after symlinks) of at most
-    `MAX_CONFIG_BYTES`, else `ConfigError` naming why (DESIGN §5). Blocking: run it off
+    `MAX_CONFIG_BYTES`, else `ConfigError` naming why (docs/design.md §5). Blocking: run it off
     the event loop. A FIFO is opened without waiting for a writer, and refused."""
     source = str(path)
     try:

@@ -1,4 +1,4 @@
-"""Switch-cost estimates: an exponential moving average per (from, to) pair (DESIGN §4)."""
+"""Switch-cost estimates: an exponential moving average per (from, to) pair (docs/design.md §4)."""
 
 from __future__ import annotations
 

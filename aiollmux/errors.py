@@ -1,7 +1,7 @@
 """The one exception hierarchy of aiollmux and its mapping to OpenAI-shaped HTTP errors.
 
 Every error a client can see is a subclass of `LlmuxError`; `ERROR_TABLE` maps each
-subclass to its HTTP status, OpenAI `type` and `code` in one place (DESIGN §5).
+subclass to its HTTP status, OpenAI `type` and `code` in one place (docs/design.md §5).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class ClientTooSlow(InvalidRequest, TimeoutError):
 
 
 class PathNotProxied(RequestError):
-    """The path is not among the proxied ones (DESIGN §5 `proxy_paths`)."""
+    """The path is not among the proxied ones (docs/design.md §5 `proxy_paths`)."""
 
     close_connection = True
 
@@ -83,7 +83,7 @@ class Unauthorized(RequestError):
 class QueueFull(RequestError, RuntimeError):
     def __init__(self, message: str, retry_after_secs: float) -> None:
         super().__init__(message)
-        # Whole seconds, at least one (DESIGN §5).
+        # Whole seconds, at least one (docs/design.md §5).
         self.headers["Retry-After"] = str(max(1, math.ceil(retry_after_secs)))
 
 

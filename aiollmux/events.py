@@ -1,4 +1,4 @@
-"""The daemon's live event stream (DESIGN §13): the log's events, fanned out to readers.
+"""The daemon's live event stream (docs/design.md §13): the log's events, fanned out to readers.
 
 One source: every `aiollmux.*` log record with an `event` field (info and above) becomes
 the JSON log's object and goes to each reader of `GET /admin/events`; requests are

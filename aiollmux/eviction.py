@@ -1,4 +1,4 @@
-"""Which awake members make room for a target in a group with a memory budget (DESIGN §8).
+"""Which awake members make room for a target in a group with a memory budget (docs/design.md §8).
 
 The policy orders the candidates (`aiollmux.policy.victim_order`); this takes them in that
 order, every idle member before any busy one, until the target fits. The switcher and the

@@ -1,4 +1,4 @@
-"""The `free_memory` probe of a group with a memory budget (DESIGN §8).
+"""The `free_memory` probe of a group with a memory budget (docs/design.md §8).
 
 Before a wake, the group's `free_memory` command (`sh -c`, env `LLMUX_GROUP`) must print at
 least the target's `memory_gb` in GiB; it is re-run every 0.5 s until it does or the
@@ -66,7 +66,7 @@ async def read_free_memory(
     withheld: frozenset[str] = frozenset(),
 ) -> Reading:
     """Run the command once, in its own process group (killed whole on timeout or cancel)."""
-    # The daemon's secrets never reach it, as for hooks (DESIGN §5).
+    # The daemon's secrets never reach it, as for hooks (docs/design.md §5).
     env = daemon_environment(withheld)
     env["LLMUX_GROUP"] = group
     try:

@@ -1,4 +1,4 @@
-"""Watching the active model of a group: periodic alive checks and idle sleep (DESIGN §7).
+"""Watching the active model of a group: periodic alive checks and idle sleep (docs/design.md §7).
 
 While the active model has nothing to do, its alive hook runs every
 `alive_interval_secs`; three failures in a row mark it lost (no sleep hook), so the next
@@ -29,7 +29,7 @@ ERROR_BACKOFF_MAX_SECS = 30.0
 
 
 class HealthMonitor:
-    """Watches every awake member of one group on its own (DESIGN §7, §8)."""
+    """Watches every awake member of one group on its own (docs/design.md §7, §8)."""
 
     def __init__(self, switcher: Switcher, *, alive_interval: float, idle_sleep: float) -> None:
         self.switcher = switcher

@@ -1,4 +1,4 @@
-"""`aiollmux test-hooks MODEL` (DESIGN §14): one model's hooks tried as the daemon would run
+"""`aiollmux test-hooks MODEL` (docs/design.md §14): one model's hooks tried as the daemon would run
 them, without a daemon: alive, wake, the backend answering, alive, an optional request,
 sleep, the port closed, alive failing, then wakes and sleeps again for idempotence.
 """

@@ -1,4 +1,4 @@
-"""Runs wake/sleep/alive hooks: `sh -c` in its own process group, with timeouts (DESIGN §3).
+"""Runs wake/sleep/alive hooks: `sh -c` in its own process group, with timeouts (docs/design.md §3).
 
 A hook is done when its own process exits, even when a server it started in the
 background still holds its output pipes; those are then drained in the background.
@@ -152,7 +152,7 @@ def hook_environment(
 ) -> dict[str, str]:
     """The daemon's environment minus its secrets (`LLMUX_ADMIN_TOKEN`, and any variable
     whose value is one of `withheld`: the admin token and API keys), then the model's
-    `[models.ID.env]` (which wins over the daemon's own, DESIGN §14), plus the hook's."""
+    `[models.ID.env]` (which wins over the daemon's own, docs/design.md §14), plus the hook's."""
     env = daemon_environment(withheld)
     env.update(model.env)
     env["LLMUX_MODEL"] = model.id

@@ -1,4 +1,4 @@
-"""Accepting client connections within limits (DESIGN §5 "Exposure and limits").
+"""Accepting client connections within limits (docs/design.md §5 "Exposure and limits").
 
 `LimitedSite` replaces aiohttp's TCPSite: it accepts in a loop of its own, so past
 `max_connections` it stops accepting (new clients wait in the kernel's backlog of
@@ -50,7 +50,7 @@ class ClientLimits:
 
 
 def raise_fd_limit() -> tuple[int, int]:
-    """Raise the soft fd limit to the hard one (DESIGN §5); log and return (soft, hard)."""
+    """Raise the soft fd limit to the hard one (docs/design.md §5); log and return (soft, hard)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
     if soft != resource.RLIM_INFINITY and soft < wanted:
@@ -198,7 +198,7 @@ def _peer(transport: asyncio.BaseTransport) -> str:
 
 
 class LimitedSite(web.BaseSite):
-    """A TCP listener for an aiohttp runner with the limits of DESIGN §5."""
+    """A TCP listener for an aiohttp runner with the limits of docs/design.md §5."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Log output on stderr: readable text by default, or one JSON object a line (DESIGN §10)."""
+"""Log output on stderr: readable text, or one JSON object a line (docs/design.md §10)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _extras(record: logging.LogRecord) -> dict[str, object]:
 
 
 def log_entry(record: logging.LogRecord) -> dict[str, object]:
-    """A record as the JSON log writes it (and the event stream sends it, DESIGN §13)."""
+    """A record as the JSON log writes it (and the event stream sends it, docs/design.md §13)."""
     entry: dict[str, object] = {
         "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
         "level": record.levelname.lower(),

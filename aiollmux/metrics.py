@@ -1,4 +1,4 @@
-"""Prometheus metrics under llmux's names (DESIGN §10), on a registry per app."""
+"""Prometheus metrics under llmux's names (docs/design.md §10), on a registry per app."""
 
 from __future__ import annotations
 

@@ -97,7 +97,7 @@ def convert(document: dict[str, Any], source: str) -> tuple[dict[str, Any], list
     return result, warnings
 
 
-# llmux forwarded every path; aiollmux only `proxy_paths` (DESIGN §5).
+# llmux forwarded every path; aiollmux only `proxy_paths` (docs/design.md §5).
 PROXY_PATHS_NOTE = """\
 # llmux forwarded requests on any path to the models; aiollmux forwards only the paths in
 # proxy_paths (default ["/v1/"]), so a client cannot reach a backend's private endpoints

@@ -86,7 +86,7 @@ class Multiplexer:
             self.monitors[group].start()
 
     def apply(self, new: Config) -> None:
-        """Swap in a validated configuration without dropping a request (DESIGN §6).
+        """Swap in a validated configuration without dropping a request (docs/design.md §6).
 
         New requests see the new model list at once; a removed model that is awake is
         drained and put to sleep with its old hooks in the background.
@@ -145,11 +145,11 @@ class Multiplexer:
         return task
 
     async def adopt_awake_models(self) -> None:
-        """Find models already awake (a restart of aiollmux, not of the box) (DESIGN §7).
+        """Find models already awake (a restart of aiollmux, not of the box) (docs/design.md §7).
 
         Exactly one alive in a group: it becomes active without running its wake hook.
         Several: all are put to sleep, because which one owns the GPU is unknown; in a
-        group with a memory budget they are all adopted if together they fit (DESIGN §8).
+        group with a memory budget they are all adopted if together they fit (docs/design.md §8).
         """
         probes = asyncio.Semaphore(_PROBE_CONCURRENCY)
 
@@ -252,6 +252,6 @@ class _ExclusiveGate:
 
 
 def _secrets(config: Config) -> tuple[str, ...]:
-    """What hooks must never see in their environment (DESIGN §5)."""
+    """What hooks must never see in their environment (docs/design.md §5)."""
     token = config.admin_token or os.environ.get("LLMUX_ADMIN_TOKEN")
     return (*config.api_keys, *([token] if token else []))

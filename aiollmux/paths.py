@@ -1,4 +1,4 @@
-"""Which request paths may reach a backend (DESIGN §5 "Exposure and limits").
+"""Which request paths may reach a backend (docs/design.md §5 "Exposure and limits").
 
 Only inference paths are proxied: the top-level `proxy_paths` (default `["/v1/"]`) plus
 each model's own. A prefix ending in `/` matches everything below it; any other prefix

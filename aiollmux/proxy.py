@@ -1,4 +1,4 @@
-"""Forwarding one request to its model's backend and streaming the answer back (DESIGN §4).
+"""Forwarding one request to its model's backend and streaming the answer back (docs/design.md §4).
 
 Bytes pass through as they arrive (`iter_any()`, no buffering, no decompression).
 A stale keep-alive connection is retried once; a client that goes away aborts the
@@ -227,7 +227,7 @@ async def _slices(body: bytes) -> AsyncIterator[memoryview]:
 
 def _append_forwarded_for(headers: CIMultiDict[str], peer: str | None) -> None:
     """X-Forwarded-For as a proxy writes it: what the client sent (a claim, kept as such)
-    followed by the address the request really came from (DESIGN §5)."""
+    followed by the address the request really came from (docs/design.md §5)."""
     claimed = [value for value in headers.popall("X-Forwarded-For", ()) if value.strip()]
     headers["X-Forwarded-For"] = ", ".join([*claimed, peer or "unknown"])
 

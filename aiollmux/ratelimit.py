@@ -1,5 +1,5 @@
 """Logging that an unauthenticated peer or an exhausted resource cannot turn into a flood
-(DESIGN §5): one line per cause and period, with a count of what was suppressed."""
+(docs/design.md §5): one line per cause and period, with a count of what was suppressed."""
 
 from __future__ import annotations
 

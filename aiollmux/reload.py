@@ -1,4 +1,4 @@
-"""Live reconfiguration: file watching, SIGHUP and `POST /admin/reload` (DESIGN §6).
+"""Live reconfiguration: file watching, SIGHUP and `POST /admin/reload` (docs/design.md §6).
 
 Every trigger feeds one reload task, so reloads never overlap and a burst of triggers
 becomes one reload. A reload re-reads the file, does nothing if its content is

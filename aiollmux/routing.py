@@ -1,4 +1,4 @@
-"""Finding the `model` a request names, without parsing a multi-megabyte prompt (DESIGN §4).
+"""Finding the `model` a request names, without parsing a multi-megabyte prompt (docs/design.md §4).
 
 JSON bodies are scanned for the top-level `"model"` key with a tokenizer that jumps from
 quote to quote (`bytes.find`/`bytes.count` do the per-byte work in C) and builds no

@@ -1,4 +1,4 @@
-"""`aiollmux run`: load the config, listen, serve until a signal (DESIGN §7).
+"""`aiollmux run`: load the config, listen, serve until a signal (docs/design.md §7).
 
 SIGTERM/SIGINT: stop accepting, fail queued requests, let in-flight ones finish for
 `shutdown_timeout_secs`, kill running hooks, exit 0. A second signal exits at once.
@@ -34,7 +34,7 @@ def make_runner(
 ) -> web.AppRunner:
     """The runner `run` serves with (the tests use it too). Handlers may be cancelled
     when their client goes away; request bodies are read as sent (the proxy forwards
-    the original bytes, DESIGN §4); signals are ours to handle."""
+    the original bytes, docs/design.md §4); signals are ours to handle."""
     return web.AppRunner(
         app,
         handler_cancellation=True,
@@ -43,12 +43,12 @@ def make_runner(
         shutdown_timeout=shutdown_timeout,
         handle_signals=False,
         keepalive_timeout=keepalive_timeout,
-        logger=ServerLogger(),  # malformed requests: one line, no headers (DESIGN §5)
+        logger=ServerLogger(),  # malformed requests: one line, no headers (docs/design.md §5)
     )
 
 
 def make_site(runner: web.AppRunner, config: Config) -> LimitedSite:
-    """The listener of `runner`'s app, with the connection limits of DESIGN §5. The
+    """The listener of `runner`'s app, with the connection limits of docs/design.md §5. The
     timeouts and `max_connections` are read from the live config at each accept."""
     mux = runner.app[MULTIPLEXER]
 

@@ -1,4 +1,4 @@
-"""What aiohttp's HTTP server logs about clients, tamed (DESIGN §5 "Exposure and limits").
+"""What aiohttp's HTTP server logs about clients, tamed (docs/design.md §5 "Exposure and limits").
 
 aiohttp logs every malformed request as an ERROR with a traceback, and the parser's
 message quotes the offending bytes: a bad `Authorization` line (a NUL, or one too long)

@@ -1,4 +1,4 @@
-"""The `/admin/status` document (DESIGN §5), built from the switchers' read-only views.
+"""The `/admin/status` document (docs/design.md §5), built from the switchers' read-only views.
 
 `status_document` is the one place that shapes it: the admin route, `aiollmux status`
 and the event stream all read the same dict.

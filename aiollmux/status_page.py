@@ -1,4 +1,4 @@
-"""`GET /ui/`: the status page's files, shipped in the package (DESIGN §13).
+"""`GET /ui/`: the status page's files, shipped in the package (docs/design.md §13).
 
 The page holds no data: it is served to anyone who may reach the daemon, and its
 admin calls (`/admin/*`) follow the admin rules.

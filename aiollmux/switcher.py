@@ -76,7 +76,7 @@ class _ForcedSwitch(NamedTuple):
 
 class Switcher(SwitcherState):
     """Keeps a group's awake members and routes requests to them: one member awake at a
-    time, or as many as fit in the group's memory budget (DESIGN §8); a switch drains and
+    time, or as many as fit in the group's memory budget (docs/design.md §8); a switch drains and
     sleeps what must make room before the target wakes."""
 
     def __init__(
@@ -110,7 +110,7 @@ class Switcher(SwitcherState):
         self._forced_now: _ForcedSwitch | None = None  # the one being carried out
         self._starting = StartingRequests()
         # Held while this group runs a wake or sleep hook: another group's exclusive
-        # switch takes it too, to sleep our model (DESIGN §8).
+        # switch takes it too, to sleep our model (docs/design.md §8).
         self._hook_lock = asyncio.Lock()
         self._exclusive_gate: ExclusiveGate | None = None  # set for exclusive groups
         self._on_change: list[Callable[[], None]] = []  # called when the awake set changes
@@ -158,7 +158,7 @@ class Switcher(SwitcherState):
         self._on_change.append(callback)
 
     def set_exclusive_gate(self, gate: ExclusiveGate | None) -> None:
-        """Exclusive groups clear the other groups' models through `gate` (DESIGN §8)."""
+        """Exclusive groups clear the other groups' models through `gate` (docs/design.md §8)."""
         self._exclusive_gate = gate
 
     def reconsider(self) -> None:
@@ -171,7 +171,7 @@ class Switcher(SwitcherState):
             self._members[model].config, "alive", self._base_dir, report=False
         )
 
-    # -- reconfiguration (DESIGN §6) ---------------------------------------------------
+    # -- reconfiguration (docs/design.md §6) ---------------------------------------------------
 
     def configure(
         self,
@@ -182,7 +182,7 @@ class Switcher(SwitcherState):
         settings: GroupConfig | None = None,
     ) -> None:
         """A reload: the next decision uses the new policy, the next hook the new dir; a
-        lowered budget puts members to sleep until the group fits (DESIGN §8)."""
+        lowered budget puts members to sleep until the group fits (docs/design.md §8)."""
         self._policy_config = policy_config
         self._policy = policy
         self._base_dir = base_dir
@@ -367,7 +367,7 @@ class Switcher(SwitcherState):
             self._retry_at(self._backoff_until)
             return
         if self._fits_now(context.target):
-            # Waking it puts nothing to sleep: no one gains from waiting (DESIGN §8).
+            # Waking it puts nothing to sleep: no one gains from waiting (docs/design.md §8).
             decision = Decision.switch(context.target)
         else:
             decision = self._policy.decide(context)
@@ -487,7 +487,7 @@ class Switcher(SwitcherState):
     def _victims(self, target: str | None) -> list[str]:
         """Awake members to put to sleep so that `target` (None: nothing) fits, in the
         order to sleep them: the policy's order, idle members before busy ones, only as
-        many as needed (DESIGN §8). Without a budget: every other awake member."""
+        many as needed (docs/design.md §8). Without a budget: every other awake member."""
         awake = [name for name in self._awake if name != target and name in self._members]
         budget = self.memory_gb
         if budget is None:

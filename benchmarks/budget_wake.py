@@ -1,4 +1,4 @@
-"""Does a wake block the members already awake? (memory budgets, DESIGN §8)
+"""Does a wake block the members already awake? (memory budgets, docs/design.md §8)
 
 One aiollmux (a subprocess) with a budget group of two models on the fast fake backend:
 `chat`, awake, and `embed`, whose wake hook waits for a file this script creates. The

@@ -1,4 +1,4 @@
-"""Measurements for DESIGN §5 "Exposure and limits" (issue 15's closing note).
+"""Measurements for docs/design.md §5 "Exposure and limits" (issue 15's closing note).
 
 1. Idle connections: N (default 5,000) TCP connections that send nothing, held while a
    client sends normal requests; the daemon's RSS, and its fds and asyncio tasks before,

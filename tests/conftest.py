@@ -15,5 +15,5 @@ async def lab(tmp_path: Path) -> AsyncIterator[Lab]:
         yield lab
     finally:
         await lab.close()
-    # Every test that used the lab, not only those that remember to (DESIGN §4 invariants).
+    # Every test that used the lab, not only those that remember to (docs/design.md §4 invariants).
     lab.check_invariants()

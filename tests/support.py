@@ -2,7 +2,7 @@
 and the daemon itself on a free port.
 
 A `FakeBackend` knows whether it is awake by a state file its hooks write; a request that
-reaches it while asleep is recorded as a violation (DESIGN §4 invariants).
+reaches it while asleep is recorded as a violation (docs/design.md §4 invariants).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A group with a memory budget (DESIGN §8) on its own: real sh hooks, no HTTP."""
+"""A group with a memory budget (docs/design.md §8) on its own: real sh hooks, no HTTP."""
 
 from __future__ import annotations
 
@@ -250,7 +250,7 @@ class FakeClock:
 
 
 async def test_the_switch_cost_leaves_out_the_drain(tmp_path: Path) -> None:
-    # DESIGN §5: the EMA sample is the time the GPU was unavailable (sleep + wake hooks),
+    # docs/design.md §5: the EMA sample is the time the GPU was unavailable (sleep + wake hooks),
     # not the wait for the old model's streams; that is the drain histogram's.
     clock = FakeClock()
     costs, metrics = SwitchCosts(), Metrics()

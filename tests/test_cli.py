@@ -1,4 +1,4 @@
-"""The command line (DESIGN §11): `check`, `init`, `--version` through CliRunner, and
+"""The command line (docs/design.md §11): `check`, `init`, `--version` through CliRunner, and
 `run` as a real subprocess serving demo backends that its hooks start and stop."""
 
 from __future__ import annotations

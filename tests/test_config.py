@@ -1,4 +1,4 @@
-"""The configuration file (DESIGN §2): every rule, and the message each broken rule gives."""
+"""The configuration file (docs/design.md §2): every rule, and the message each breach gives."""
 
 from __future__ import annotations
 
@@ -361,7 +361,7 @@ def test_group_flags_false_are_accepted() -> None:
     assert config.models["llama"].group == "gpu0"
 
 
-# -- memory budgets (DESIGN §8) --------------------------------------------------------------
+# -- memory budgets (docs/design.md §8) --------------------------------------------------
 
 
 def test_a_memory_budget_on_the_default_group_and_sizes_on_its_models() -> None:

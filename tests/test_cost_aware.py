@@ -1,4 +1,4 @@
-"""The policy contract (DESIGN §9): fifo as llmux, cost-aware's rules, and the switcher
+"""The policy contract (docs/design.md §9): fifo as llmux, cost-aware's rules, and the switcher
 asking the policy on ticks and ignoring a switch to the active model."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Unit-level checks of DESIGN §5 pieces: rate-limited logs, path decoding, the new
+"""Unit-level checks of docs/design.md §5 pieces: rate-limited logs, path decoding, the new
 configuration keys, `migrate`'s note about `proxy_paths`."""
 
 from __future__ import annotations

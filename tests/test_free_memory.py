@@ -1,4 +1,4 @@
-"""The free_memory probe's command on its own (DESIGN §8): what it printed, or why not."""
+"""The free_memory probe's command on its own (docs/design.md §8): what it printed, or why not."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Fuzzing `parse_config` (DESIGN §2): bad input is a `ConfigError`, never another exception.
+"""Fuzzing `parse_config` (docs/design.md §2): bad input is a `ConfigError`, never another
+exception.
 
 Documents are generated as Python values over the real schema (every known key, with
 values of the right type most of the time and of any TOML type otherwise, plus unknown

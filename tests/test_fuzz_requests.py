@@ -4,7 +4,7 @@ Inputs: bodies (binary, empty, multi-megabyte, invalid UTF-8, BOM, deep nesting,
 duplicate "model" keys, non-string models), content types (JSON, text, none, multipart with
 random boundaries and parts, multipart without a boundary), methods, raw request targets
 (percent-escapes, `..`, empty segments), end-to-end and hop-by-hop headers, chunked
-uploads. Property (DESIGN §4, §5): every answer is either a 4xx OpenAI-shaped error whose
+uploads. Property (docs/design.md §4, §5): every answer is either a 4xx OpenAI-shaped error whose
 code is one the input allows and whose status is the table's, or a correct proxy — the
 right backend received exactly the body bytes (with only the "model" value changed for an
 `upstream_model`), the same method, raw target and end-to-end headers, and none of the
@@ -228,7 +228,7 @@ def has_dot_segment(target: str) -> bool:
 
 
 def json_oracle(data: bytes) -> frozenset[Outcome]:
-    """What DESIGN §4/§5 say about a body small enough to be parsed whole."""
+    """What docs/design.md §4/§5 say about a body small enough to be parsed whole."""
     if not data.strip(b" \t\r\n"):
         return frozenset({error("model_required")})
     text = data.removeprefix(BOM)
@@ -240,7 +240,7 @@ def json_oracle(data: bytes) -> frozenset[Outcome]:
         return frozenset({error("model_required")})
     pairs = json.loads(text.decode("utf-8"), object_pairs_hook=lambda pairs: pairs)
     if [key for key, _ in pairs].count("model") > 1:
-        return frozenset({error("invalid_json")})  # DESIGN §5: whatever the body's size
+        return frozenset({error("invalid_json")})  # docs/design.md §5: whatever the body's size
     name = document.get("model")
     if not isinstance(name, str):
         return frozenset({error("model_required")})
@@ -537,7 +537,7 @@ class Harness:
         before: dict[str, int],
     ) -> Outcome:
         allowed = request.body.allowed
-        if has_dot_segment(request.target):  # refused before anything else (DESIGN §5)
+        if has_dot_segment(request.target):  # refused before anything else (docs/design.md §5)
             allowed = frozenset({error("invalid_request")})
         elif request.target.startswith(OUTSIDE):
             allowed = frozenset({error("path_not_proxied")})
@@ -705,7 +705,7 @@ class AdminRequest:
 
 
 def admin_oracle(request: AdminRequest) -> str:
-    """ "ok" or the error code DESIGN §5 gives (the body is JSON in UTF-8, -16 or -32,
+    """ "ok" or the error code docs/design.md §5 gives (the body is JSON in UTF-8, -16 or -32,
     as RFC 8259 §8.1 allows and `json.loads` detects; a UTF-8 BOM is skipped)."""
     document: Any = {}
     if request.data:
@@ -721,7 +721,7 @@ def admin_oracle(request: AdminRequest) -> str:
             return "model_required"
         return "ok" if name in NAMES else "model_not_found"
     group, name = document.get("group"), document.get("model")
-    if name is not None:  # DESIGN §8: one model, or one group, not both
+    if name is not None:  # docs/design.md §8: one model, or one group, not both
         if not isinstance(name, str) or not name or group is not None:
             return "model_required"
         return "ok" if name in NAMES else "model_not_found"
@@ -999,7 +999,7 @@ async def test_encoded_request_body_is_routed_by_its_decoding_and_forwarded_as_s
     lab: Lab, daemon: Daemon, encoding: str, data: bytes
 ) -> None:
     # aiohttp's server would decompress it by default and forward the result under the
-    # original Content-Encoding; the original bytes go through (DESIGN §4).
+    # original Content-Encoding; the original bytes go through (docs/design.md §4).
     headers = {"Content-Encoding": encoding, "Content-Type": "application/json"}
     async with daemon.client.post(f"{daemon.url}/v1/x", data=data, headers=headers) as response:
         assert response.status == 200, await response.text()

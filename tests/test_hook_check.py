@@ -1,4 +1,4 @@
-"""`aiollmux test-hooks MODEL` (DESIGN §14) against the demo backend and hooks that fail."""
+"""`aiollmux test-hooks MODEL` (docs/design.md §14) against the demo backend and hooks that fail."""
 
 from __future__ import annotations
 

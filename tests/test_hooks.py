@@ -1,4 +1,4 @@
-"""The hook runner with real `sh` and real processes (DESIGN §3).
+"""The hook runner with real `sh` and real processes (docs/design.md §3).
 
 Hooks record the pids they start (with the process's start time, so a reused pid is never
 mistaken for a survivor) in files written atomically; tests read them and check /proc.

@@ -1,4 +1,4 @@
-"""Hook presets (DESIGN §14): shipped in the package, `preset = …`, `[models.ID.env]`,
+"""Hook presets (docs/design.md §14): shipped in the package, `preset = …`, `[models.ID.env]`,
 `aiollmux presets`, `init --preset`, `check`'s warnings, and env changes taking effect on reload.
 """
 

@@ -236,7 +236,7 @@ def test_a_damaged_large_body(cut: Callable[[bytes], bytes], model_first: bool) 
     key_end = whole.index(b'"alpha"') + len(b'"alpha"')
     if cut(b"") == b' {"model": "beta"}':
         # A second document glued on brings a second "model": refused whatever the size
-        # (DESIGN §5: the routed and the forwarded model can never disagree).
+        # (docs/design.md §5: the routed and the forwarded model can never disagree).
         with pytest.raises(InvalidJSON):
             find_model(body, JSON)
     elif body[:key_end] == whole[:key_end]:
@@ -290,7 +290,7 @@ def test_invalid_utf8() -> None:
 @pytest.mark.parametrize("second", [b'"model": "beta"', rb'"mod\u0065l": "beta"'])
 @pytest.mark.parametrize("first_at_end", [False, True])
 def test_duplicate_model_keys(size: Size, second: bytes, first_at_end: bool) -> None:
-    # Refused at every size (DESIGN §5): json.loads would take the last, a scan that stops
+    # Refused at every size (docs/design.md §5): json.loads would take the last, a scan that stops
     # early the first, and the backend whichever its parser takes.
     parts = [b'"model": "alpha"', messages(size), second]
     if first_at_end:

@@ -1,4 +1,4 @@
-"""`aiollmux simulate` with a memory budget (DESIGN §8): several models awake at once."""
+"""`aiollmux simulate` with a memory budget (docs/design.md §8): several models awake at once."""
 
 from __future__ import annotations
 

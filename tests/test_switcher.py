@@ -269,7 +269,7 @@ async def test_without_drain_released_requests_start_before_the_next_sleep(
 ) -> None:
     # drain_before_switch = false skips waiting for requests in flight, but requests let
     # out of a queue must still get under way before their model is marked draining and
-    # its sleep hook starts (DESIGN §4: the lock is held until they are in flight).
+    # its sleep hook starts (docs/design.md §4: the lock is held until they are in flight).
     switcher = _switcher(tmp_path, hook_delay=0.2, drain_before_switch=False)
     switcher.start()
     seen: list[tuple[str, bool, tuple[str, str] | None]] = []

@@ -1,4 +1,4 @@
-"""The policy contract: a read-only context in, a decision out (DESIGN §9).
+"""The policy contract: a read-only context in, a decision out (docs/design.md §9).
 
 The switcher of a GPU group asks its policy while a request waits for a model that is
 not active: when such a request is queued, after every switch, when a model's in-flight
@@ -86,7 +86,7 @@ PolicyFactory = Callable[[PolicyConfig], Policy]
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VictimView:
     """An awake member of a group with a memory budget that could be put to sleep to make
-    room for another (DESIGN §8)."""
+    room for another (docs/design.md §8)."""
 
     model: str
     memory_gb: float

@@ -1,4 +1,4 @@
-"""Hook presets (DESIGN §14): the tested hook sets of contrib/hooks, shipped in the package.
+"""Hook presets (docs/design.md §14): the tested hook sets of contrib/hooks, shipped in the package.
 
 Each set is a directory here with wake.sh, sleep.sh, alive.sh and a `preset.toml` manifest
 (description, settings with their defaults, whether sleep keeps the server up, the engine's
@@ -39,7 +39,7 @@ class Preset:
     # Sleep leaves the server answering on its port (vLLM's and SGLang's sleep modes).
     server_stays_on_sleep: bool
     # The engine's native inference paths besides /v1/ (e.g. Ollama's /api/chat): data for
-    # the proxy's per-model paths (DESIGN §5), wired there, not here.
+    # the proxy's per-model paths (docs/design.md §5), wired there, not here.
     proxy_paths: tuple[str, ...]
     example_env: Mapping[str, str] = field(default_factory=dict)
 

@@ -1,4 +1,4 @@
-"""The simulated GPU with a memory budget (DESIGN §8): several models awake at once.
+"""The simulated GPU with a memory budget (docs/design.md §8): several models awake at once.
 
 It mirrors the switcher of a budget group: a request for an awake model goes straight
 through whatever else happens; a target that fits is woken without asking the policy;

@@ -1,4 +1,4 @@
-"""docs/policies.md's "one at a time" against "by budget" table (DESIGN §8).
+"""docs/policies.md's "one at a time" against "by budget" table (docs/design.md §8).
 
 A 12 GB card, a chat model (8 GB), a coder model (6 GB) and an embedding model (1 GB):
 chat and coder do not fit together, either fits beside the embedder. Chat and coder

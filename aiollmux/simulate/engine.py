@@ -1,4 +1,4 @@
-"""The simulated GPU box: one switcher and one GPU in virtual time (DESIGN §9).
+"""The simulated GPU box: one switcher and one GPU in virtual time (docs/design.md §9).
 
 It drives the real policy object and mirrors `aiollmux.switcher.Switcher` step for
 step: the same admission rule, the same moments to ask the policy, the same switch

@@ -29,7 +29,7 @@ class Scenario:
     hook_costs: HookCosts = field(default_factory=HookCosts)
     concurrency: int = 0  # requests a backend serves at once; 0: no limit (a batching server)
     seed: int = 1
-    memory_gb: float | None = None  # a memory budget: several models awake (DESIGN §8)
+    memory_gb: float | None = None  # a memory budget: several models awake (docs/design.md §8)
     sizes: tuple[tuple[str, float], ...] = ()  # each model's memory_gb
 
     def make_workload(self) -> Workload:

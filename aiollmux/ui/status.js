@@ -1,4 +1,4 @@
-// The aiollmux status page (DESIGN §13): one stream of events (GET /admin/events) keeps
+// The aiollmux status page (docs/design.md §13): one stream of events (GET /admin/events) keeps
 // the picture live; admin calls carry the token from sessionStorage, never a URL.
 "use strict";
 

@@ -1,5 +1,5 @@
 """Web pages of other sites cannot drive the admin API through a browser on the GPU box
-(DESIGN §5 admin rules): a foreign Origin, a cross-site fetch, or, without an admin
+(docs/design.md §5 admin rules): a foreign Origin, a cross-site fetch, or, without an admin
 token, a Host that names no address of this machine (DNS rebinding) are refused."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Memory budgets through the daemon (DESIGN §8): several members awake in one group."""
+"""Memory budgets through the daemon (docs/design.md §8): several members awake in one group."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A LAN peer against the daemon (DESIGN §5 "Exposure and limits"): which paths reach a
+"""A LAN peer against the daemon (docs/design.md §5 "Exposure and limits"): which paths reach a
 backend, client timeouts, half-closed and pipelined connections, on raw sockets."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Running out of file descriptors must not hang the daemon (DESIGN §5, issue 15 item 1).
+"""Running out of file descriptors must not hang the daemon (docs/design.md §5, issue 15 item 1).
 
 The daemon runs as a real child process; its fd limit is lowered from outside (prlimit)
 once it holds idle connections, so that every new fd fails with EMFILE: the alive hook's

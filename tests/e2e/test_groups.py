@@ -1,4 +1,4 @@
-"""GPU groups (DESIGN §8): parallel switchers, exclusive and persistent groups."""
+"""GPU groups (docs/design.md §8): parallel switchers, exclusive and persistent groups."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DESIGN §4's hard invariants under hundreds of concurrent mixed requests.
+"""docs/design.md §4's hard invariants under hundreds of concurrent mixed requests.
 
 Fake backends record a violation whenever a request reaches them (or they answer) while
 asleep; hooks journal their start and end so overlaps show; afterwards every counter
@@ -97,7 +97,7 @@ async def test_invariants_hold_with_min_active_and_drain_timeout(lab: Lab) -> No
     )
 
 
-# -- a group with a memory budget (DESIGN §8) ----------------------------------------------
+# -- a group with a memory budget (docs/design.md §8) ----------------------------------------------
 
 BUDGET_SIZES = {"alpha": 4, "beta": 4, "gamma": 6, "delta": 8}
 BUDGET_GB = 12

@@ -1,4 +1,4 @@
-"""Startup adoption, health monitoring, idle sleep and graceful shutdown (DESIGN §7)."""
+"""Startup adoption, health monitoring, idle sleep and graceful shutdown (docs/design.md §7)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from yarl import URL
 from aiollmux.app import _is_loopback
 from tests.support import Daemon, FakeBackend, Lab, free_port, running_daemon
 
-# DESIGN §5: each error code's HTTP status; 4xx are `invalid_request_error`.
+# docs/design.md §5: each error code's HTTP status; 4xx are `invalid_request_error`.
 ERROR_STATUS = {
     "model_required": 400,
     "invalid_json": 400,
@@ -39,7 +39,7 @@ CHAT = "/v1/chat/completions"
 
 
 async def assert_error(response: aiohttp.ClientResponse, code: str) -> dict[str, Any]:
-    """The response is the OpenAI-shaped error `code` with DESIGN §5's status and type."""
+    """The response is the OpenAI-shaped error `code` with docs/design.md §5's status and type."""
     assert response.status == ERROR_STATUS[code], await response.text()
     assert response.content_type == "application/json"
     body = await response.json()
@@ -111,7 +111,8 @@ async def alpha(lab: Lab) -> SpecialBackend:
 
 @pytest.fixture
 async def daemon(lab: Lab, alpha: SpecialBackend) -> AsyncIterator[Daemon]:
-    # The special backend's answers live under /special/: proxied too (DESIGN §5 proxy_paths).
+    # The special backend's answers live under /special/: proxied too (proxy_paths,
+    # docs/design.md §5).
     async with running_daemon(lab.config(top='proxy_paths = ["/v1/", "/special/"]')) as daemon:
         yield daemon
     assert lab.violations() == []

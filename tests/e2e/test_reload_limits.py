@@ -1,5 +1,5 @@
 """Hostile or mistaken config files, and reloads that would make the daemon proxy to
-itself (DESIGN §5 "Exposure and limits", issue 15 items 5, 6 and 10)."""
+itself (docs/design.md §5 "Exposure and limits", issue 15 items 5, 6 and 10)."""
 
 from __future__ import annotations
 

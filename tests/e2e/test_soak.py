@@ -509,7 +509,7 @@ async def test_client_gone_between_two_chunks_is_not_an_error(
     assert any(getattr(r, "event", None) == "client_disconnected" for r in caplog.records)
 
 
-# -- hostile clients among normal traffic (DESIGN §5 "Exposure and limits") ---------------
+# -- hostile clients among normal traffic (docs/design.md §5 "Exposure and limits") ---------------
 
 HOSTILE_SECONDS = float(os.environ.get("AIOLLMUX_HOSTILE_SOAK_SECONDS", "10"))
 SLOWLORIS = 40  # connections that send headers a few bytes at a time, never finishing

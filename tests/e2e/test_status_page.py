@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "build" / "test-artifacts"
-LIVE_WITHIN_SECS = 1.0  # DESIGN §13: a switch shows on the page within 1 s
+LIVE_WITHIN_SECS = 1.0  # docs/design.md §13: a switch shows on the page within 1 s
 
 
 def _chromium() -> str | None:

@@ -1,4 +1,4 @@
-"""Where the real tier finds its engine and models (DESIGN §15), and how it says they are
+"""Where the real tier finds its engine and models (docs/design.md §15), and how it says they are
 missing: a skip with the reason, or a failure where AIOLLMUX_REQUIRE_REAL=1 (CI)."""
 
 from __future__ import annotations

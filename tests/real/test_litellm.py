@@ -1,4 +1,4 @@
-"""LiteLLM's proxy in front of two aiollmux daemons on loopback (DESIGN §12, §15), with the
+"""LiteLLM's proxy in front of two aiollmux daemons on loopback (docs/design.md §12, §15), with the
 contrib config adapted: routing by the body's model, unbuffered streaming, a switch on each
 box, a failed wake surfacing with its message, and the contrib health-check and retry
 settings proven not to wake models (or rerun a failed wake)."""

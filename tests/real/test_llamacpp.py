@@ -1,4 +1,4 @@
-"""The real tier (DESIGN §15): llama.cpp's llama-server, built from source, serving two tiny
+"""The real tier (docs/design.md §15): llama.cpp's llama-server, built from source, serving two tiny
 generated models through the `llamacpp` preset and the real daemon, driven by the official
 `openai` SDK. Skips where the engine is missing (fails with AIOLLMUX_REQUIRE_REAL=1)."""
 
