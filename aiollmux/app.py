@@ -22,11 +22,14 @@ from aiollmux.errors import (
     BackendError,
     BodyTooLarge,
     ClientTooSlow,
+    InvalidConfig,
     InvalidJSON,
     ModelRequired,
     RequestError,
     Unauthorized,
+    UnknownGroup,
     error_body,
+    http_error_shape,
     shape_of,
 )
 from aiollmux.events import EventHub, Frame, events_from_log
@@ -90,10 +93,8 @@ def openai_errors(handler: Handler) -> Handler:
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            shape = error_body(exc.reason, shape_of(RequestError(exc.reason)))
-            shape["error"]["type"] = "invalid_request_error" if exc.status < 500 else "server_error"
-            shape["error"]["code"] = exc.reason.lower().replace(" ", "_")
-            return json_answer(shape, status=exc.status)
+            shape = http_error_shape(exc.status, exc.reason)
+            return json_answer(error_body(exc.reason, shape), status=shape.status)
 
     return wrapped
 
@@ -387,7 +388,7 @@ async def admin_sleep(request: web.Request) -> web.Response:
         await mux.switcher_for(model).put_to_sleep(model.id)
         return json_answer({"status": "ok", "model": model.id, "state": "asleep"})
     if group is not None and (not isinstance(group, str) or group not in mux.switchers):
-        raise ModelRequired(f"unknown group {group!r}")
+        raise UnknownGroup(f"unknown group {group!r}: expected one of {sorted(mux.switchers)}")
     targets = [mux.switchers[group]] if isinstance(group, str) else list(mux.switchers.values())
     for switcher in targets:
         await switcher.switch_to(None)
@@ -398,9 +399,7 @@ async def admin_reload(request: web.Request) -> web.Response:
     check_admin(request)
     outcome = await request.app[RELOADER].trigger("POST /admin/reload")
     if outcome.result == "failed":
-        body = error_body(outcome.error or "reload failed", shape_of(RequestError("")))
-        body["error"].update(type="invalid_request_error", code="invalid_config")
-        return json_answer(body, status=400)
+        raise InvalidConfig(outcome.error or "reload failed")
     return json_answer({"status": outcome.result, "generation": outcome.generation})
 
 

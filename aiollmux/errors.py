@@ -64,6 +64,14 @@ class ClientTooSlow(InvalidRequest, TimeoutError):
     """The request body stalled past `client_body_timeout_secs`."""
 
 
+class UnknownGroup(RequestError):
+    """`/admin/sleep {"group": …}` names no GPU group."""
+
+
+class InvalidConfig(RequestError):
+    """`POST /admin/reload` found the configuration file invalid; nothing was applied."""
+
+
 class PathNotProxied(RequestError):
     """The path is not among the proxied ones (docs/design.md §5 `proxy_paths`)."""
 
@@ -114,6 +122,8 @@ ERROR_TABLE: dict[type[RequestError], ErrorShape] = {
     ModelRequired: ErrorShape(400, "invalid_request_error", "model_required"),
     InvalidJSON: ErrorShape(400, "invalid_request_error", "invalid_json"),
     InvalidRequest: ErrorShape(400, "invalid_request_error", "invalid_request"),
+    UnknownGroup: ErrorShape(400, "invalid_request_error", "invalid_request"),
+    InvalidConfig: ErrorShape(400, "invalid_request_error", "invalid_config"),
     ClientTooSlow: ErrorShape(408, "invalid_request_error", "invalid_request"),
     Unauthorized: ErrorShape(401, "invalid_request_error", "unauthorized"),
     ModelNotFound: ErrorShape(404, "invalid_request_error", "model_not_found"),
@@ -133,6 +143,13 @@ def shape_of(error: RequestError) -> ErrorShape:
         if shape is not None:
             return shape
     return ErrorShape(500, "server_error", "internal_error")
+
+
+def http_error_shape(status: int, reason: str) -> ErrorShape:
+    """The shape of an error aiohttp raised itself (405 Method Not Allowed, say): its
+    status, and its reason as the code (`method_not_allowed`)."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    return ErrorShape(status, kind, reason.lower().replace(" ", "_"))
 
 
 def error_body(message: str, shape: ErrorShape) -> dict[str, dict[str, str | None]]:

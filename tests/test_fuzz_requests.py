@@ -725,7 +725,7 @@ def admin_oracle(request: AdminRequest) -> str:
         if not isinstance(name, str) or not name or group is not None:
             return "model_required"
         return "ok" if name in NAMES else "model_not_found"
-    return "ok" if group is None or group == "default" else "model_required"
+    return "ok" if group is None or group == "default" else "invalid_request"
 
 
 @st.composite

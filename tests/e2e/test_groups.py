@@ -156,3 +156,20 @@ async def test_a_model_moved_out_of_an_exclusive_group_mid_switch_deadlocks_noth
             guard_z.release()
     finally:
         await mux.close()
+
+
+async def test_errors_of_the_admin_routes_come_from_the_one_error_table(lab: Lab) -> None:
+    await lab.add_backends("alpha")
+    async with running_daemon(lab.config()) as daemon:
+        url = f"{daemon.url}/admin/sleep"
+        async with daemon.client.post(url, json={"group": "nope"}) as response:
+            assert response.status == 400
+            error = (await response.json())["error"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "invalid_request")
+        assert "nope" in error["message"]
+        assert "default" in error["message"]
+        # An aiohttp HTTPException (the status page's 404) is shaped by the same module.
+        async with daemon.client.get(f"{daemon.url}/ui/nope.js") as response:
+            assert response.status == 404
+            error = (await response.json())["error"]
+        assert (error["type"], error["code"]) == ("invalid_request_error", "not_found")
