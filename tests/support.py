@@ -47,6 +47,15 @@ async def wait_for(predicate: Callable[[], bool], within: float = 10.0) -> None:
             await asyncio.sleep(0.005)
 
 
+def process_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie its new parent has not reaped yet."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -28,7 +28,7 @@ from aiollmux import __version__
 from aiollmux.cli import _reason, main
 from aiollmux.config import load_config, parse_config
 from aiollmux.starter import starter_document
-from tests.support import free_port
+from tests.support import free_port, process_gone
 
 REPO = Path(__file__).resolve().parents[1]
 HOOKS = 'wake = "true"\nsleep = "true"\nalive = "true"\n'
@@ -299,15 +299,6 @@ def child_env(tmp_path: Path) -> dict[str, str]:
 
 def pidfile(tmp_path: Path, port: int) -> Path:
     return tmp_path / "runtime" / f"aiollmux-demo-{os.getuid()}" / f"{port}.pid"
-
-
-def process_gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie its new parent has not reaped yet."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def demo_config(tmp_path: Path) -> tuple[Path, dict[str, int]]:

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from aiollmux import demo_control
 from aiollmux.cli import main
 from aiollmux.demo_backend import DemoSettings, build_demo_app, serve_demo
-from tests.support import free_port
+from tests.support import free_port, process_gone
 
 CHILD_DEADLINE_SECS = 30.0  # a bound on a child process; tests wait on its output instead
 REPLY = "Hello from m! This is a demo backend, not a real model. You said: tell me a story"
@@ -197,15 +197,6 @@ def demo(request: pytest.FixtureRequest, tmp_path: Path) -> Demo:
 
 def default_pidfile(tmp_path: Path, port: int) -> Path:
     return tmp_path / f"aiollmux-demo-{os.getuid()}" / f"{port}.pid"
-
-
-def process_gone(pid: int) -> bool:
-    """Exited: no such process, or a zombie its new parent has not reaped yet."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def port_open(port: int) -> bool:

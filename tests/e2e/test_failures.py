@@ -11,15 +11,7 @@ import time
 import pytest
 
 from aiollmux.switcher import BACKOFF_SECS
-from tests.support import Lab, free_port, gated_wake, running_daemon, wait_for
-
-
-def _pid_gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
+from tests.support import Lab, free_port, gated_wake, process_gone, running_daemon, wait_for
 
 
 async def test_wake_failure_is_503_then_retried_after_backoff(lab: Lab) -> None:
@@ -62,7 +54,7 @@ async def test_hanging_wake_hook_is_killed_with_its_children(lab: Lab) -> None:
             assert response.status == 503
             assert "timed out" in (await response.json())["error"]["message"]
         child = int(pidfile.read_text())
-        await wait_for(lambda: _pid_gone(child))
+        await wait_for(lambda: process_gone(child))
         metrics = await daemon.metrics()
         assert 'llmux_hook_timeouts_total{hook="wake",model="alpha"} 1.0' in metrics
 
@@ -166,6 +158,6 @@ async def test_sleep_hook_failure_is_logged_and_switch_goes_on(
 
 
 def test_pid_helper_tells_a_live_process_from_a_reaped_one() -> None:
-    assert not _pid_gone(os.getpid())
+    assert not process_gone(os.getpid())
     child = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True, check=True)
-    assert _pid_gone(int(child.stdout))  # exited and reaped
+    assert process_gone(int(child.stdout))  # exited and reaped
