@@ -4,6 +4,7 @@ order, request summaries, a reader that never reads, auth, reload, shutdown, man
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -64,6 +65,15 @@ async def stream(daemon: Daemon, token: str | None = None) -> AsyncIterator[Stre
     ) as response:
         assert response.status == 200, await response.text()
         yield Stream(response)
+
+
+async def to_the_end(events: Stream) -> list[dict[str, Any]]:
+    """Every event up to the end of the stream (which must come within a while)."""
+    got = []
+    with contextlib.suppress(StopAsyncIteration):
+        while True:
+            got.append(await events.next())
+    return got
 
 
 def names(events: list[dict[str, Any]]) -> list[str]:
@@ -316,3 +326,46 @@ async def test_the_daemon_process_ends_streams_on_sigterm(lab: Lab) -> None:
             assert (await events.next())["event"] == "shutting_down"
             assert await response.content.read() == b""
         assert await asyncio.wait_for(daemon.process.wait(), 30) == 0
+
+
+async def test_a_changed_admin_token_ends_the_streams_opened_with_the_old_one(lab: Lab) -> None:
+    await lab.add_backends("alpha")
+    path = lab.tmp / "llmux.toml"
+    path.write_text(lab.config_text(top='admin_token = "old"'))
+    async with running_daemon(load_config(path)) as daemon, stream(daemon, "old") as events:
+        assert (await events.next())["event"] == "snapshot"
+        async with daemon.client.get(f"{daemon.url}/admin/events", timeout=NO_TIMEOUT) as bare:
+            assert bare.status == 401  # loopback without a token: not while a token is set
+        path.write_text(lab.config_text(top='admin_token = "new"'))
+        reload = await daemon.client.post(
+            f"{daemon.url}/admin/reload", headers={"Authorization": "Bearer old"}
+        )
+        assert reload.status == 200
+        # The stream ends: the config's events and its new snapshot are not for this reader.
+        assert {"config_reloaded", "snapshot"}.isdisjoint(names(await to_the_end(events)))
+        async with stream(daemon, "new") as fresh:  # the new token is let in
+            assert (await fresh.next())["event"] == "snapshot"
+        old = await daemon.client.get(
+            f"{daemon.url}/admin/events", headers={"Authorization": "Bearer old"}
+        )
+        assert old.status == 401
+        await wait_for(lambda: daemon.app[EVENTS].readers == 0)
+
+
+async def test_setting_an_admin_token_ends_the_loopback_streams_without_one(lab: Lab) -> None:
+    await lab.add_backends("alpha")
+    path = lab.tmp / "llmux.toml"
+    path.write_text(lab.config_text())
+    async with (
+        running_daemon(load_config(path)) as daemon,
+        stream(daemon) as bare,
+        stream(daemon, "s3cret") as holder,
+    ):
+        assert (await bare.next())["event"] == "snapshot"
+        assert (await holder.next())["event"] == "snapshot"
+        path.write_text(lab.config_text(top='admin_token = "s3cret"'))
+        async with daemon.client.post(f"{daemon.url}/admin/reload") as reload:
+            assert reload.status == 200
+        assert {"config_reloaded", "snapshot"}.isdisjoint(names(await to_the_end(bare)))
+        # The reader that presented the (now required) token keeps its stream.
+        assert names(await holder.until("snapshot"))[-2:] == ["config_reloaded", "snapshot"]
