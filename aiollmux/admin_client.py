@@ -20,10 +20,19 @@ import aiohttp
 PROGRESS_EVERY_SECS = 0.5
 WATCH_EVERY_SECS = 1.0  # `status --watch` redraws at most this often
 CLEAR_SCREEN = "\x1b[H\x1b[2J"
+# The daemon sends a keep-alive every 15 s: a stream silent this long is a dead connection
+# (a host that vanished, a NAT that forgot it), not an idle daemon.
+STREAM_SILENCE_SECS = 35.0
+WATCH_RETRY_MIN_SECS = 1.0  # `status --watch` reconnects after these, doubling, at most the max
+WATCH_RETRY_MAX_SECS = 5.0
 
 
 class AdminError(Exception):
     """The daemon answered with an error, or could not be reached; one line."""
+
+
+class AdminRefused(AdminError):
+    """The daemon answered the stream with an error (a wrong token): trying again is useless."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,15 +65,20 @@ class AdminClient:
 
     async def events(self, session: aiohttp.ClientSession) -> AsyncIterator[dict[str, Any]]:
         """Follow `GET /admin/events`: each event's object, until the daemon ends the stream."""
-        timeout = aiohttp.ClientTimeout(total=None, sock_read=None)
+        timeout = aiohttp.ClientTimeout(total=None, sock_read=STREAM_SILENCE_SECS)
         url = self.url.rstrip("/") + "/admin/events"
         try:
             async with session.get(url, headers=self._headers(), timeout=timeout) as response:
                 if response.status >= 400:
                     text = await response.text()
-                    raise AdminError(f"HTTP {response.status}: {_error_message(text)}")
+                    raise AdminRefused(f"HTTP {response.status}: {_error_message(text)}")
                 async for document in read_sse(response.content):
                     yield document
+        except aiohttp.ServerTimeoutError:
+            raise AdminError(
+                f"nothing heard from aiollmux at {self.url} for {STREAM_SILENCE_SECS:g}s"
+                " (the connection is dead)"
+            ) from None
         except aiohttp.ClientError as exc:
             raise AdminError(f"cannot reach aiollmux at {self.url}: {exc}") from None
 
@@ -76,36 +90,59 @@ class AdminClient:
                 out.flush()
 
     async def watch_status(self, out: TextIO, *, clear_screen: bool) -> None:
-        """`aiollmux status --watch`: the table again on each change, at most once a second."""
+        """`aiollmux status --watch`: the table again on each change, at most once a second;
+        after a daemon restart (or while it is unreachable) it reconnects with back-off,
+        saying so; only a refusal (a wrong token) ends it, with an AdminError."""
         async with aiohttp.ClientSession() as session:
-            changed = asyncio.Event()
-            latest: list[dict[str, Any]] = []  # a snapshot's status, until another event
+            wait = WATCH_RETRY_MIN_SECS
+            while True:
+                try:
+                    if await self._watch_stream(session, out, clear_screen=clear_screen):
+                        wait = WATCH_RETRY_MIN_SECS  # it was connected: a fresh start
+                    problem = "the daemon ended the event stream"
+                except AdminRefused:
+                    raise
+                except AdminError as error:
+                    problem = str(error)
+                out.write(f"-- {time.strftime('%H:%M:%S')} {problem}; trying again in {wait:g}s\n")
+                out.flush()
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, WATCH_RETRY_MAX_SECS)
 
-            async def follow() -> None:
-                async for event in self.events(session):
-                    latest[:] = [event["status"]] if event["event"] == "snapshot" else []
-                    changed.set()
+    async def _watch_stream(
+        self, session: aiohttp.ClientSession, out: TextIO, *, clear_screen: bool
+    ) -> bool:
+        """Redraw on each event of one stream until it ends; whether any event came."""
+        changed = asyncio.Event()
+        latest: list[dict[str, Any]] = []  # a snapshot's status, until another event
+        heard = False
 
-            follower = asyncio.create_task(follow())
-            drawn = -WATCH_EVERY_SECS
-            try:
-                while True:
-                    waiter = asyncio.create_task(changed.wait())
-                    await asyncio.wait({follower, waiter}, return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
-                    if follower.done():
-                        return follower.result()  # the stream ended, or an AdminError
-                    await asyncio.sleep(max(0.0, drawn + WATCH_EVERY_SECS - time.monotonic()))
-                    changed.clear()
-                    status = (
-                        latest[0] if latest else await self.call(session, "GET", "/admin/status")
-                    )
-                    heading = CLEAR_SCREEN if clear_screen else f"-- {time.strftime('%H:%M:%S')}\n"
-                    out.write(heading + render_status(status) + "\n")
-                    out.flush()
-                    drawn = time.monotonic()
-            finally:
-                follower.cancel()
+        async def follow() -> None:
+            nonlocal heard
+            async for event in self.events(session):
+                heard = True
+                latest[:] = [event["status"]] if event["event"] == "snapshot" else []
+                changed.set()
+
+        follower = asyncio.create_task(follow())
+        drawn = -WATCH_EVERY_SECS
+        try:
+            while True:
+                waiter = asyncio.create_task(changed.wait())
+                await asyncio.wait({follower, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                waiter.cancel()
+                if follower.done():
+                    follower.result()  # the stream ended, or an AdminError
+                    return heard
+                await asyncio.sleep(max(0.0, drawn + WATCH_EVERY_SECS - time.monotonic()))
+                changed.clear()
+                status = latest[0] if latest else await self.call(session, "GET", "/admin/status")
+                heading = CLEAR_SCREEN if clear_screen else f"-- {time.strftime('%H:%M:%S')}\n"
+                out.write(heading + render_status(status) + "\n")
+                out.flush()
+                drawn = time.monotonic()
+        finally:
+            follower.cancel()
 
     async def status(self) -> dict[str, Any]:
         async with aiohttp.ClientSession() as session:
@@ -178,7 +215,17 @@ def event_line(event: dict[str, Any]) -> str:
         text = f"{event.get('count')} events not delivered (this reader was too slow)"
     else:
         text = str(event.get("message", ""))
-    return f"{when} {name:<18} {text}"
+    if name == "requests" and event.get("errors"):
+        text += " errors: " + ", ".join(f"{k}: {n}" for k, n in event["errors"].items())
+    return _one_line(f"{when} {name:<18} {text}")
+
+
+def _one_line(text: str) -> str:
+    """Control characters (a newline in a hook's output, an escape sequence) shown escaped:
+    one event stays one line, and nothing the daemon relays can drive the terminal."""
+    return "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
 
 
 def _progress_line(status: dict[str, Any]) -> str:

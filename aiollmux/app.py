@@ -12,6 +12,7 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -329,7 +330,7 @@ async def admin_events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: a snapshot, then the daemon's events (docs/design.md §13)."""
     check_admin(request)
     hub = request.app[EVENTS]
-    reader = hub.subscribe()
+    reader = hub.subscribe(_AdminCredentials(_bearer(request), request.remote))
     try:
         first = Frame.of(hub.snapshot())  # taken with the subscription: nothing in between
         response = web.StreamResponse(headers=_EVENT_STREAM_HEADERS)
@@ -340,6 +341,24 @@ async def admin_events(request: web.Request) -> web.StreamResponse:
         return response
     finally:
         hub.unsubscribe(reader)
+
+
+@dataclass(frozen=True, slots=True)
+class _AdminCredentials:
+    """What an event stream's reader presented at connect, checked again on reload."""
+
+    bearer: str | None
+    remote: str | None
+
+
+def _still_admitted(mux: Multiplexer, credentials: object) -> bool:
+    """Whether the admin rules of the config now in force admit a reader (docs/design.md §5)."""
+    if not isinstance(credentials, _AdminCredentials):
+        return False
+    token = admin_token(mux.config)
+    if token is not None:
+        return _matches_any(credentials.bearer, (token,))
+    return _is_loopback(credentials.remote)
 
 
 _EVENT_STREAM_HEADERS = {
@@ -417,7 +436,7 @@ def build_app(
     app[RELOADER] = Reloader(mux, Path(config.source), watch=watch)
     app[PROXY] = Proxy()
     app[TRIMMER] = HeapTrimmer()
-    app[EVENTS] = EventHub(mux.status)
+    app[EVENTS] = EventHub(mux.status, admits=functools.partial(_still_admitted, mux))
     app[DECODE_SLOTS] = asyncio.Semaphore(CONCURRENT_DECODES)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_close_event_streams)

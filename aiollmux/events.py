@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import heapq
 import json
 import logging
 import threading
@@ -23,12 +24,40 @@ from aiohttp import web
 from aiollmux.logs import log_entry
 
 QUEUE_LIMIT = 1000  # events queued for one reader before its events are dropped
-RECENT_LIMIT = 200  # events a new reader gets in its snapshot (the page's timeline)
+RECENT_LIMIT = 200  # other recent events a new reader gets in its snapshot (the page's log)
+TIMELINE_LIMIT = 200  # switch and hook events kept apart, so noise cannot push them out
 SUMMARY_EVERY_SECS = 1.0
 HEARTBEAT_SECS = 15.0
 CLOSE_GRACE_SECS = 1.0  # at shutdown, for a reader's last write to reach a slow client
 
 StatusSource = Callable[[], dict[str, Any]]
+# Whether the admin rules (of the config now in force) still admit a reader, given what
+# admitted it when it subscribed (the app's business: the hub keeps it opaque).
+Admits = Callable[[object], bool]
+
+# The page's timeline: kept in a ring of their own (docs/design.md §13: recent switches and hooks).
+TIMELINE_EVENTS = frozenset(
+    {
+        "switch_started",
+        "model_activated",
+        "switch_failed",
+        "hook_completed",
+        "hook_failed",
+        "hook_timeout",
+        "sleep_hook_failed",
+        "model_lost",
+        "idle_sleep",
+        "model_adopted",
+        "config_reloaded",
+    }
+)
+# Logged once per request: readers get them counted in the `requests` summary instead
+# (docs/design.md §13: "never one per request"); the log keeps each one.
+PER_REQUEST_EVENTS = frozenset({"backend_error", "client_disconnected", "request_timeout"})
+
+
+def _first(item: tuple[int, dict[str, Any]]) -> int:
+    return item[0]
 
 
 def _now() -> str:
@@ -61,6 +90,7 @@ class Reader:
     """One reader's queue: bounded, so a reader that never reads costs bounded memory."""
 
     limit: int = QUEUE_LIMIT
+    credentials: object = None  # what admitted the reader (see `Admits`)
     dropped: int = 0
     closed: bool = False
     task: asyncio.Task[Any] | None = None
@@ -68,6 +98,8 @@ class Reader:
     _ready: asyncio.Event = field(default_factory=asyncio.Event)
 
     def offer(self, frame: Frame) -> None:
+        if self.closed:
+            return
         if len(self._queue) >= self.limit:
             self.dropped += 1
             return
@@ -80,6 +112,12 @@ class Reader:
     def close(self) -> None:
         self.closed = True
         self._ready.set()
+
+    def revoke(self) -> None:
+        """No longer admitted: nothing more is sent, not even what is queued."""
+        self._queue.clear()
+        self.dropped = 0
+        self.close()
 
     def take(self) -> Frame | _Gap | None:
         if self._queue:
@@ -101,13 +139,27 @@ class Reader:
 class EventHub:
     """Publishes events to every reader; keeps the recent ones and each model's last wake."""
 
-    def __init__(self, status: StatusSource, *, heartbeat_secs: float = HEARTBEAT_SECS) -> None:
+    def __init__(
+        self,
+        status: StatusSource,
+        *,
+        heartbeat_secs: float = HEARTBEAT_SECS,
+        admits: Admits | None = None,
+    ) -> None:
         self._status = status
         self.heartbeat_secs = heartbeat_secs
+        self._admits = admits
         self._readers: set[Reader] = set()
-        self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_LIMIT)
+        self._sequence = 0
+        self._recent: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(
+            maxlen=RECENT_LIMIT
+        )
+        self._timeline: collections.deque[tuple[int, dict[str, Any]]] = collections.deque(
+            maxlen=TIMELINE_LIMIT
+        )
         self._last_wake: dict[str, dict[str, Any]] = {}
         self._counts: dict[str, collections.Counter[str]] = {}
+        self._errors: dict[str, collections.Counter[str]] = {}
         self._summary: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -121,19 +173,35 @@ class EventHub:
 
     def publish(self, document: dict[str, Any]) -> None:
         """Send an event (a dict with `event` and `ts`) to every reader."""
-        if document["event"] != "requests":
+        name = document["event"]
+        if name in PER_REQUEST_EVENTS:
+            self._count_error(str(document.get("model")), name)
+            return
+        if name != "requests" or document.get("errors"):
             self._remember(document)
         if not self._readers:
             return
         frame = Frame.of(document)
         for reader in self._readers:
             reader.offer(frame)
-        if document["event"] == "config_reloaded":
+        if name == "config_reloaded":
+            self._revoke_unadmitted()
             # The model list may have changed: a fresh picture, after the event itself.
             self.publish_snapshot()
 
+    def _revoke_unadmitted(self) -> None:
+        """After a reload, end the streams the new admin rules no longer admit (a changed
+        or newly set `admin_token`): the token is not only checked at connect."""
+        if self._admits is None:
+            return
+        for reader in self._readers:
+            if not reader.closed and not self._admits(reader.credentials):
+                reader.revoke()
+
     def _remember(self, document: dict[str, Any]) -> None:
-        self._recent.append(document)
+        self._sequence += 1
+        ring = self._timeline if document["event"] in TIMELINE_EVENTS else self._recent
+        ring.append((self._sequence, document))
         if document.get("hook") == "wake" and document["event"] in (
             "hook_completed",
             "hook_failed",
@@ -151,7 +219,7 @@ class EventHub:
             "event": "snapshot",
             "ts": _now(),
             "status": self._status(),
-            "recent": list(self._recent),
+            "recent": [d for _, d in heapq.merge(self._timeline, self._recent, key=_first)],
             "last_wake": dict(self._last_wake),
         }
 
@@ -171,36 +239,54 @@ class EventHub:
         if counts is None:
             counts = self._counts[model] = collections.Counter()
         counts[status] += 1
+        self._start_summaries()
+
+    def _count_error(self, model: str, name: str) -> None:
+        """A per-request event (`PER_REQUEST_EVENTS`), folded into the model's summary."""
+        if not self._readers:
+            return
+        errors = self._errors.get(model)
+        if errors is None:
+            errors = self._errors[model] = collections.Counter()
+        errors[name] += 1
+        self._start_summaries()
+
+    def _start_summaries(self) -> None:
         if self._summary is None and not self._closed:
             self._summary = asyncio.create_task(self._summarise(), name="event-summaries")
 
     async def _summarise(self) -> None:
-        """Once a second, one `requests` event per model that had requests; ends when
-        a second passes without any (the next request starts it again)."""
+        """Once a second, one `requests` event per model that had requests (with `errors`:
+        the per-request events counted by name, when there were any); ends when a second
+        passes without any (the next request starts it again)."""
         try:
             while True:
                 await asyncio.sleep(SUMMARY_EVERY_SECS)
                 counts, self._counts = self._counts, {}
-                if not counts:
+                errors, self._errors = self._errors, {}
+                if not counts and not errors:
                     return
                 ts = _now()
-                for model, by_status in counts.items():
-                    self.publish(
-                        {
-                            "event": "requests",
-                            "ts": ts,
-                            "model": model,
-                            "count": sum(by_status.values()),
-                            "by_status": dict(sorted(by_status.items())),
-                        }
-                    )
+                for model in sorted(counts.keys() | errors.keys()):
+                    by_status = counts.get(model, collections.Counter())
+                    summary: dict[str, Any] = {
+                        "event": "requests",
+                        "ts": ts,
+                        "model": model,
+                        "count": sum(by_status.values()),
+                        "by_status": dict(sorted(by_status.items())),
+                    }
+                    if model in errors:
+                        summary["errors"] = dict(sorted(errors[model].items()))
+                    self.publish(summary)
         finally:
             self._summary = None
 
     # -- readers ------------------------------------------------------------------------
 
-    def subscribe(self) -> Reader:
-        reader = Reader()
+    def subscribe(self, credentials: object = None) -> Reader:
+        """A new reader; `credentials`: what admitted it, for `admits` after a reload."""
+        reader = Reader(credentials=credentials)
         reader.task = asyncio.current_task()
         if self._closed:  # shutting down: the stream ends after its snapshot
             reader.close()
@@ -276,12 +362,25 @@ def events_from_log(hub: EventHub) -> Iterator[None]:
     info records for that, whatever the log settings (a test configures none)."""
     logger = logging.getLogger("aiollmux")
     handler = EventLogHandler(hub, asyncio.get_running_loop())
-    level = logger.level
-    if logger.getEffectiveLevel() > logging.INFO:
-        logger.setLevel(logging.INFO)
+    with _LEVEL_LOCK:
+        if not _level_users:
+            _saved_level[:] = [logger.level]
+            if logger.getEffectiveLevel() > logging.INFO:
+                logger.setLevel(logging.INFO)
+        _level_users.append(handler)
     logger.addHandler(handler)
     try:
         yield
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(level)
+        with _LEVEL_LOCK:
+            _level_users.remove(handler)
+            if not _level_users:  # the last app to stop restores the level it found
+                logger.setLevel(_saved_level.pop())
+
+
+# Apps running in one process share the `aiollmux` logger: the level is raised by the
+# first and restored by the last, so one stopping does not silence another's events.
+_LEVEL_LOCK = threading.Lock()
+_level_users: list[logging.Handler] = []
+_saved_level: list[int] = []

@@ -1,5 +1,6 @@
 """docs/status-page.png carries the digest of the page's files it shows (a PNG text chunk):
-the browser test rewrites it when the page changes, the docs test fails if it is stale."""
+the browser test writes its screenshot to build/test-artifacts/ and, only with
+AIOLLMUX_UPDATE_SCREENSHOT=1, to docs/; the docs test fails if the docs' copy is stale."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "docs" / "status-page.png"
+UPDATE_SCREENSHOT = "AIOLLMUX_UPDATE_SCREENSHOT"  # =1: the browser test refreshes docs/
 _KEY = b"aiollmux-ui-sha256"
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

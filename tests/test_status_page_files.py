@@ -7,7 +7,7 @@ import re
 from importlib import resources
 from pathlib import Path
 
-from tests.screenshot import SCREENSHOT, stamp_of, ui_digest
+from tests.screenshot import SCREENSHOT, UPDATE_SCREENSHOT, stamp_of, ui_digest
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE_FILES = ("index.html", "status.css", "status.js")
@@ -35,10 +35,13 @@ def test_the_token_never_goes_into_a_url() -> None:
 
 
 def test_the_screenshot_shows_the_page_as_it_is() -> None:
-    assert SCREENSHOT.exists(), "run the browser tests: tests/e2e/test_status_page.py"
+    refresh = (
+        f"{UPDATE_SCREENSHOT}=1 AIOLLMUX_REQUIRE_BROWSER=1 python -m pytest"
+        " tests/e2e/test_status_page.py -k show_live, then commit docs/status-page.png"
+    )
+    assert SCREENSHOT.exists(), f"docs/status-page.png is missing: {refresh}"
     assert stamp_of(SCREENSHOT.read_bytes()) == ui_digest(), (
-        "the page changed since docs/status-page.png was taken: run"
-        " tests/e2e/test_status_page.py (it rewrites the screenshot) and commit it"
+        f"the page changed since docs/status-page.png was taken: {refresh}"
     )
 
 

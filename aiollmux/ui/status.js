@@ -8,14 +8,18 @@ const TIMELINE_LIMIT = 200;
 const REFRESH_MIN_MS = 1000; // never ask for /admin/status more often than this
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 5000;
+const WATCHDOG_MS = 35000; // the daemon sends a keep-alive every 15 s: silence this long is a dead link
+
+// Maps keyed by model ids: no prototype, so a model named "constructor" is only itself.
+const dict = (from) => Object.assign(Object.create(null), from || {});
 
 const state = {
   status: null,        // the last /admin/status document
-  lastWake: {},        // model -> {seconds, ok, ts}
+  lastWake: dict(),    // model -> {seconds, ok, ts}
   timeline: [],        // switch and hook events, oldest first
   log: [],             // every event, oldest first
-  busy: {},            // action key -> {label, started}
-  errors: {},          // model or group -> message of its last failed action
+  busy: dict(),        // action key -> {label, started}
+  errors: dict(),      // model or group -> message of its last failed action
   connected: false,
 };
 
@@ -81,16 +85,28 @@ async function admin(method, path, body) {
 // -- the event stream --------------------------------------------------------------------
 
 let retryMs = RETRY_MIN_MS;
-let streamAbort = null;
+let streamAbort = null; // the current connection's; each connection tests its own
+let retryTimer = null;
 
 async function connect() {
-  streamAbort = new AbortController();
+  clearTimeout(retryTimer); // connecting by hand (the token form): no second one later
+  retryTimer = null;
+  if (streamAbort) streamAbort.abort();
+  const abort = new AbortController();
+  streamAbort = abort;
+  let silent = false;
+  let watchdog = null;
+  const heard = () => { // on every chunk: a link silent past WATCHDOG_MS is dead
+    clearTimeout(watchdog);
+    watchdog = setTimeout(() => { silent = true; abort.abort(); }, WATCHDOG_MS);
+  };
   let response;
   try {
     response = await fetch("/admin/events", {
-      headers: authHeaders(), cache: "no-store", signal: streamAbort.signal,
+      headers: authHeaders(), cache: "no-store", signal: abort.signal,
     });
   } catch (error) {
+    if (abort.signal.aborted) return; // replaced by a newer connection
     return disconnected("The daemon is unreachable.");
   }
   if (response.status === 401) {
@@ -102,20 +118,29 @@ async function connect() {
   }
   if (!response.ok) return disconnected(`The event stream answered HTTP ${response.status}.`);
   retryMs = RETRY_MIN_MS;
+  state.connected = false; // a new stream: its snapshot says "live" again
+  heard();
   try {
-    await readEvents(response.body.getReader());
+    await readEvents(response.body.getReader(), heard);
   } catch (error) {
-    if (streamAbort.signal.aborted) return;
+    // Aborted or broken: told apart below.
+  } finally {
+    clearTimeout(watchdog);
   }
-  disconnected("The daemon closed the event stream (restarting or stopping?).");
+  if (silent) {
+    disconnected(`Nothing heard from the daemon for ${WATCHDOG_MS / 1000} s.`);
+  } else if (!abort.signal.aborted) {
+    disconnected("The daemon closed the event stream (restarting or stopping?).");
+  }
 }
 
-async function readEvents(reader) {
+async function readEvents(reader, heard) {
   const decoder = new TextDecoder();
   let pending = "";
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
+    heard();
     pending += decoder.decode(value, { stream: true });
     let end;
     while ((end = pending.indexOf("\n\n")) >= 0) {
@@ -135,7 +160,8 @@ function disconnected(reason) {
   retryMs = Math.min(retryMs * 2, RETRY_MAX_MS);
   const seen = state.lastSeen ? ` Last heard from at ${clock(state.lastSeen)}.` : "";
   showBanner(`${reason}${seen} Trying again in ${Math.round(wait / 1000)} s…`);
-  setTimeout(connect, wait);
+  clearTimeout(retryTimer);
+  retryTimer = setTimeout(connect, wait);
 }
 
 function setConnection(text, kind) {
@@ -167,7 +193,7 @@ function onEvent(event) {
     }
     if (duringRefresh) duringRefresh.push(event); // newer than the status being fetched
     state.status = event.status;
-    state.lastWake = event.last_wake || {};
+    state.lastWake = dict(event.last_wake);
     state.timeline = (event.recent || []).filter((e) => TIMELINE_EVENTS.has(e.event));
     if (!state.log.length) state.log = (event.recent || []).slice();
     renderAll();
@@ -189,6 +215,10 @@ function onEvent(event) {
     state.lastWake[event.model] = {
       seconds: event.duration, ok: event.event === "hook_completed", ts: event.ts,
     };
+  }
+  if (event.event === "config_reloaded" && state.errors.reload) {
+    delete state.errors.reload; // a reload worked since the one that failed: no stale banner
+    renderConfig();
   }
   applyEvent(event);
   if (duringRefresh) duringRefresh.push(event);
@@ -299,17 +329,6 @@ function flash(text) {
   renderConfig();
 }
 
-function actionButton(key, label, busyLabel, target, handler, extra) {
-  const busy = state.busy[key];
-  const attrs = { type: "button", class: "small-button", onclick: handler, ...(extra || {}) };
-  if (busy) {
-    attrs.disabled = true;
-    attrs["data-busy"] = key;
-    attrs.class += " busy";
-  }
-  return h("button", attrs, busy ? `${busy.label} …` : label);
-}
-
 // -- rendering ---------------------------------------------------------------------------
 
 function renderAll() {
@@ -343,30 +362,72 @@ function renderConfig() {
 
 const badge = (value) => h("span", { class: `badge state-${value}` }, value);
 
+// Rows and cards are updated in place, keyed by data-group / data-model: their buttons stay
+// the same elements, so a click or the focus is not lost to an event that arrived meanwhile.
 function renderGroups() {
   const status = state.status;
   const container = $("groups");
   if (!status) return;
-  container.replaceChildren(...Object.entries(status.groups).map(([name, group]) => {
-    const members = Object.entries(status.models).filter(([, m]) => m.group === name);
-    const awake = members.filter(([, m]) => m.state === "active").map(([id]) => id);
-    const key = `sleep-group:${name}`;
-    const body = [
-      h("div", { class: "group-head" },
-        h("strong", {}, name), badge(group.state),
-        h("span", { class: "spacer" }),
-        actionButton(key, "Sleep group", "Sleeping", `group:${name}`,
-          () => act(key, "Sleeping", `group:${name}`, "POST", "/admin/sleep", { group: name }),
-          { disabled: !awake.length && !group.switching, title: `Put group ${name} to sleep` })),
-      h("div", { class: "muted small" },
-        group.switching
-          ? `switching ${group.switching.from || "idle"} → ${group.switching.to || "idle"}`
-          : `awake: ${awake.join(", ") || "none"} · ${members.length} model${members.length === 1 ? "" : "s"}`),
-    ];
-    if (typeof group.memory_gb === "number") body.push(memoryBar(group));
-    if (state.errors[`group:${name}`]) body.push(h("div", { class: "error small" }, state.errors[`group:${name}`]));
-    return h("article", { class: "group", "data-group": name }, body);
-  }));
+  const existing = new Map([...container.children].map((el) => [el.dataset.group, el]));
+  Object.entries(status.groups).forEach(([name, group], index) => {
+    const card = existing.get(name) || groupCard(name);
+    existing.delete(name);
+    updateGroupCard(card, name, group);
+    if (container.children[index] !== card) container.insertBefore(card, container.children[index] || null);
+  });
+  for (const stale of existing.values()) stale.remove();
+}
+
+function groupCard(name) {
+  const key = `sleep-group:${name}`;
+  const button = h("button", { type: "button", class: "small-button", "data-key": key,
+    onclick: () => act(key, "Sleeping", `group:${name}`, "POST", "/admin/sleep", { group: name }) },
+  "Sleep group");
+  return h("article", { class: "group", "data-group": name },
+    h("div", { class: "group-head" }, h("strong", {}, name), h("span", {}), h("span", { class: "spacer" }), button));
+}
+
+function updateGroupCard(card, name, group) {
+  const status = state.status;
+  const members = Object.entries(status.models).filter(([, m]) => m.group === name);
+  const awake = members.filter(([, m]) => m.state === "active").map(([id]) => id);
+  const head = card.firstElementChild;
+  setBadge(head.children[1], group.state);
+  updateButton(head.querySelector("button"), "Sleep group", !awake.length && !group.switching,
+    `Put group ${name} to sleep`);
+  while (head.nextSibling) head.nextSibling.remove();
+  card.append(h("div", { class: "muted small" },
+    group.switching
+      ? `switching ${group.switching.from || "idle"} → ${group.switching.to || "idle"}`
+      : `awake: ${awake.join(", ") || "none"} · ${members.length} model${members.length === 1 ? "" : "s"}`));
+  if (typeof group.memory_gb === "number") card.append(memoryBar(group));
+  const error = state.errors[`group:${name}`];
+  if (error) card.append(h("div", { class: "error small" }, error));
+}
+
+function setBadge(holder, value) {
+  if (holder.textContent === String(value) && holder.firstElementChild) return;
+  holder.replaceChildren(badge(value));
+}
+
+function setText(cell, text) {
+  if (cell.textContent !== String(text)) cell.textContent = String(text);
+}
+
+// A kept button, brought up to date: its label, progress and whether it may be clicked.
+function updateButton(button, label, disabled, title) {
+  const key = button.dataset.key;
+  const busy = state.busy[key];
+  button.disabled = Boolean(busy || disabled);
+  button.title = title;
+  button.classList.toggle("busy", Boolean(busy));
+  if (busy) {
+    if (button.dataset.busy !== key) button.textContent = `${busy.label} …`;
+    button.dataset.busy = key; // renderBusy ticks the seconds
+  } else {
+    delete button.dataset.busy;
+    setText(button, label);
+  }
 }
 
 function memoryBar(group) {
@@ -394,42 +455,62 @@ function switchCost(name, model) {
 function renderModels() {
   const status = state.status;
   if (!status) return;
-  const rows = Object.entries(status.models).map(([name, model]) => {
-    const group = status.groups[model.group] || {};
-    const switchKey = `switch:${name}`;
-    const sleepKey = `sleep:${name}`;
-    const active = model.state === "active";
-    const wake = state.lastWake[name];
-    const aliases = (model.aliases || []).length ? h("div", { class: "small muted" }, `aliases: ${model.aliases.join(", ")}`) : null;
-    const error = state.errors[name] ? h("div", { class: "error small action-error" }, state.errors[name]) : null;
-    const sleepTitle = active ? `Drain ${name} and put it to sleep` : `${name} is not awake`;
-    return h("tr", { "data-model": name, class: model.removed ? "removed" : "" },
-      h("td", { "data-label": "Model" }, h("strong", {}, name), model.removed ? " (removed)" : "", aliases, error),
-      h("td", { "data-label": "State" }, badge(model.state)),
-      h("td", { "data-label": "Group" }, model.group),
-      h("td", { "data-label": "Port", class: "num" }, model.port),
-      h("td", { "data-label": "In flight", class: "num" }, model.in_flight),
-      h("td", { "data-label": "Queued", class: "num" }, model.queued),
-      h("td", { "data-label": "Memory", class: "num memory-col" }, typeof model.memory_gb === "number" ? `${model.memory_gb} GB` : "–"),
-      h("td", { "data-label": "Switch cost", class: "num" }, switchCost(name, model)),
-      h("td", { "data-label": "Last wake", class: `num${wake && !wake.ok ? " error" : ""}` },
-        wake ? (wake.ok ? seconds(wake.seconds) : `failed (${seconds(wake.seconds)})`) : "–"),
-      h("td", { "data-label": "Actions", class: "actions" },
-        actionButton(switchKey, "Switch", "Switching", name,
-          () => act(switchKey, "Switching", name, "POST", "/admin/switch", { model: name }),
-          { disabled: active || model.removed || Boolean(group.switching && group.switching.to === name),
-            title: `Make ${name} the active model now` }),
-        actionButton(sleepKey, "Sleep", "Sleeping", name,
-          () => {
-            // Only this model: the other awake members of a budget group stay awake.
-            flash(`Sleeping ${name}`);
-            act(sleepKey, "Sleeping", name, "POST", "/admin/sleep", { model: name });
-          },
-          { disabled: !active, title: sleepTitle })));
+  const body = $("models").tBodies[0];
+  const existing = new Map([...body.rows].map((tr) => [tr.dataset.model, tr]));
+  Object.entries(status.models).forEach(([name, model], index) => {
+    const tr = existing.get(name) || modelRow(name);
+    existing.delete(name);
+    updateModelRow(tr, name, model);
+    if (body.rows[index] !== tr) body.insertBefore(tr, body.rows[index] || null);
   });
-  $("models").tBodies[0].replaceChildren(...rows);
+  for (const stale of existing.values()) stale.remove();
   const memory = Object.values(status.models).some((m) => typeof m.memory_gb === "number");
   $("models").classList.toggle("no-memory", !memory);
+}
+
+function modelRow(name) {
+  const cell = (label, cls) => h("td", { "data-label": label, class: cls });
+  const switchKey = `switch:${name}`;
+  const sleepKey = `sleep:${name}`;
+  const switchButton = h("button", { type: "button", class: "small-button", "data-key": switchKey,
+    onclick: () => act(switchKey, "Switching", name, "POST", "/admin/switch", { model: name }) },
+  "Switch");
+  const sleepButton = h("button", { type: "button", class: "small-button", "data-key": sleepKey,
+    onclick: () => {
+      // Only this model: the other awake members of a budget group stay awake.
+      flash(`Sleeping ${name}`);
+      act(sleepKey, "Sleeping", name, "POST", "/admin/sleep", { model: name });
+    } }, "Sleep");
+  return h("tr", { "data-model": name },
+    cell("Model"), cell("State"), cell("Group"), cell("Port", "num"), cell("In flight", "num"),
+    cell("Queued", "num"), cell("Memory", "num memory-col"), cell("Switch cost", "num"),
+    cell("Last wake", "num"), h("td", { "data-label": "Actions", class: "actions" }, switchButton, sleepButton));
+}
+
+function updateModelRow(tr, name, model) {
+  const status = state.status;
+  const group = status.groups[model.group] || {};
+  const active = model.state === "active";
+  const wake = state.lastWake[name];
+  const [who, stateCell, groupCell, port, inFlight, queued, memory, cost, lastWake, actions] = tr.cells;
+  tr.className = model.removed ? "removed" : "";
+  const aliases = (model.aliases || []).length ? h("div", { class: "small muted" }, `aliases: ${model.aliases.join(", ")}`) : null;
+  const error = state.errors[name] ? h("div", { class: "error small action-error" }, state.errors[name]) : null;
+  who.replaceChildren(...[h("strong", {}, name), model.removed ? " (removed)" : null, aliases, error].filter(Boolean));
+  setBadge(stateCell, model.state);
+  setText(groupCell, model.group);
+  setText(port, model.port);
+  setText(inFlight, model.in_flight);
+  setText(queued, model.queued);
+  setText(memory, typeof model.memory_gb === "number" ? `${model.memory_gb} GB` : "–");
+  setText(cost, switchCost(name, model));
+  lastWake.classList.toggle("error", Boolean(wake && !wake.ok));
+  setText(lastWake, wake ? (wake.ok ? seconds(wake.seconds) : `failed (${seconds(wake.seconds)})`) : "–");
+  const [switchButton, sleepButton] = actions.children;
+  updateButton(switchButton, "Switch",
+    active || model.removed || Boolean(group.switching && group.switching.to === name),
+    `Make ${name} the active model now`);
+  updateButton(sleepButton, "Sleep", !active, active ? `Drain ${name} and put it to sleep` : `${name} is not awake`);
 }
 
 function renderTimeline() {
@@ -495,7 +576,7 @@ function renderTimeline() {
 }
 
 function logMatches(event) {
-  if (event.event === "requests" && !$("show-requests").checked) return false;
+  if (event.event === "requests" && !event.errors && !$("show-requests").checked) return false;
   const filter = $("filter").value.trim().toLowerCase();
   if (!filter) return true;
   return JSON.stringify(event).toLowerCase().includes(filter);
@@ -504,7 +585,8 @@ function logMatches(event) {
 function logLine(event) {
   const { ts, event: name, level, message, logger, ...fields } = event;
   const details = Object.entries(fields).map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
-  const text = name === "requests" ? `${event.model}: ${event.count} requests ${JSON.stringify(event.by_status)}` : message || details;
+  const errors = event.errors ? ` errors ${JSON.stringify(event.errors)}` : "";
+  const text = name === "requests" ? `${event.model}: ${event.count} requests ${JSON.stringify(event.by_status)}${errors}` : message || details;
   return h("li", { class: `level-${level || "info"}`, "data-event": name },
     h("time", { datetime: ts }, clock(ts)), h("span", { class: "event-name" }, name),
     h("span", { class: "event-text", title: details }, text));
@@ -547,7 +629,6 @@ function onTokenSubmit(event) {
   sessionStorage.setItem(TOKEN_KEY, token);
   $("token").value = "";
   $("token-dialog").hidden = true;
-  if (streamAbort) streamAbort.abort();
   setConnection("connecting…");
   connect();
 }

@@ -130,3 +130,31 @@ async def test_status_watch_redraws_on_a_change(lab: Lab) -> None:
         assert len(tables) >= 2  # one per redraw, each headed by its time
         beta = await watch.line_with("beta")
         assert beta.split()[:2] == ["beta", "active"]
+
+
+async def test_status_watch_reconnects_after_a_daemon_restart(lab: Lab) -> None:
+    await lab.add_backends("alpha", "beta")
+    config = lab.config()
+    url = f"http://127.0.0.1:{config.port}"
+    async with contextlib.AsyncExitStack() as first:
+        await first.enter_async_context(running_daemon(config))
+        async with following("status", "--watch", "--url", url) as watch:
+            await watch.line_with("group default: idle, active model: -")
+            await first.aclose()  # the daemon stops
+            await watch.line_with("the daemon ended the event stream; trying again in 1s")
+            async with running_daemon(config) as daemon:
+                await _switch(daemon, "beta")
+                await watch.line_with("group default: active, active model: beta")
+            assert watch.process.returncode is None  # still watching
+
+
+async def test_status_watch_ends_on_a_refusal(lab: Lab) -> None:
+    await lab.add_backends("alpha")
+    async with (
+        running_daemon(lab.config(top='admin_token = "s3cret"')) as daemon,
+        following("status", "--watch", "--url", daemon.url, token="wrong") as watch,
+    ):
+        assert watch.process.stderr is not None
+        err = (await asyncio.wait_for(watch.process.stderr.read(), 30)).decode()
+        assert await watch.process.wait() == 1
+        assert "HTTP 401" in err
