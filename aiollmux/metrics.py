@@ -30,7 +30,15 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        self._switch_metrics(self.registry)
+        self._request_metrics(self.registry)
+        self._hook_metrics(self.registry)
+        self._state_metrics(self.registry)
+        # Labelled children used on every request, looked up once (labels() is not free).
+        self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._in_flight_children: dict[str, Any] = {}
+
+    def _switch_metrics(self, r: CollectorRegistry) -> None:
         self.switch_total = Counter(
             "llmux_switch_total", "Model switches by outcome.", ["from", "to", "result"], registry=r
         )
@@ -61,6 +69,8 @@ class Metrics:
             ["from", "to"],
             registry=r,
         )
+
+    def _request_metrics(self, r: CollectorRegistry) -> None:
         self.queue_depth = Gauge(
             "llmux_request_queue_depth", "Requests waiting for a model.", ["model"], registry=r
         )
@@ -84,6 +94,8 @@ class Metrics:
             buckets=_REQUEST_BUCKETS,
             registry=r,
         )
+
+    def _hook_metrics(self, r: CollectorRegistry) -> None:
         self.hook_duration = Histogram(
             "llmux_hook_duration_seconds",
             "Hook run time.",
@@ -100,6 +112,9 @@ class Metrics:
             ["model", "hook"],
             registry=r,
         )
+
+    def _state_metrics(self, r: CollectorRegistry) -> None:
+        """What is awake, group memory, reloads."""
         self.active_model = Gauge(
             "llmux_active_model", "1 for every awake model, 0 otherwise.", ["model"], registry=r
         )
@@ -121,10 +136,6 @@ class Metrics:
             ["result"],
             registry=r,
         )
-
-        # Labelled children used on every request, looked up once (labels() is not free).
-        self._request_children: dict[tuple[str, str], tuple[Any, Any]] = {}
-        self._in_flight_children: dict[str, Any] = {}
 
     def request_finished(self, model: str, status: str, seconds: float) -> None:
         children = self._request_children.get((model, status))
