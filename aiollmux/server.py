@@ -64,7 +64,24 @@ def make_site(runner: web.AppRunner, config: Config) -> LimitedSite:
 
 
 async def serve(config: Config) -> None:
-    """Serve `config` until SIGTERM/SIGINT."""
+    """Serve `config` until SIGTERM/SIGINT: prepare → listen → wait → stop."""
+    app, runner = _prepare(config)
+    signals = _Signals(app)
+    try:
+        await _listen(app, runner, config)
+        await signals.stop_requested.wait()
+        logger.info(
+            "shutting down: in-flight requests have %.0fs to finish",
+            config.shutdown_timeout_secs,
+            extra={"event": "shutting_down"},
+        )
+        notify("STOPPING=1")
+    finally:
+        await runner.cleanup()
+        signals.remove()
+
+
+def _prepare(config: Config) -> tuple[web.Application, web.AppRunner]:
     if tune_allocator():
         logger.debug("allocator tuned for large request bodies (aiollmux/memory.py)")
     # Before any hook runs: a second instance must not put the first one's model to
@@ -72,48 +89,53 @@ async def serve(config: Config) -> None:
     check_port_free(config.host, config.port)
     raise_fd_limit()
     app = build_app(config)
-    mux = app[MULTIPLEXER]
-    mux.served = False  # no sleep_on_shutdown for a daemon that never served
+    app[MULTIPLEXER].served = False  # no sleep_on_shutdown for a daemon that never served
     runner = make_runner(
         app,
         shutdown_timeout=config.shutdown_timeout_secs,
         keepalive_timeout=config.keepalive_timeout_secs,
     )
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in _SIGNALS:
-        loop.add_signal_handler(sig, stop.set)
-    # From the start to the end: SIGHUP's default action would kill the daemon (and leave
-    # a running hook's processes behind). Before the reloader runs, it is ignored.
-    loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, app)
-    try:
-        await runner.setup()  # probes alive hooks: adoption happens before we listen
-        await make_site(runner, config).start()
-        mux.served = True
-        models = ", ".join(sorted(mux.config.models))
-        logger.info(
-            "listening on http://%s:%d; models: %s",
-            config.host,
-            config.port,
-            models,
-            extra={"event": "listening", "host": config.host, "port": config.port},
-        )
-        log_config_warnings(mux.config)
-        notify("READY=1")
-        await stop.wait()
-        logger.info(
-            "shutting down: in-flight requests have %.0fs to finish",
-            config.shutdown_timeout_secs,
-            extra={"event": "shutting_down"},
-        )
-        notify("STOPPING=1")
+    return app, runner
+
+
+async def _listen(app: web.Application, runner: web.AppRunner, config: Config) -> None:
+    mux = app[MULTIPLEXER]
+    await runner.setup()  # probes alive hooks: adoption happens before we listen
+    await make_site(runner, config).start()
+    mux.served = True
+    logger.info(
+        "listening on http://%s:%d; models: %s",
+        config.host,
+        config.port,
+        ", ".join(sorted(mux.config.models)),
+        extra={"event": "listening", "host": config.host, "port": config.port},
+    )
+    log_config_warnings(mux.config)
+    notify("READY=1")
+
+
+class _Signals:
+    """From the start to the end of `serve`: SIGTERM/SIGINT ask for a graceful stop, and a
+    second one exits at once (uvicorn's `handle_exit`); SIGHUP reloads (its default action
+    would kill the daemon and leave a running hook's processes behind; before the reloader
+    runs, it is ignored)."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.stop_requested = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         for sig in _SIGNALS:
-            loop.add_signal_handler(sig, _exit_now, app)
-    finally:
-        await runner.cleanup()
-        loop.remove_signal_handler(signal.SIGHUP)
+            self._loop.add_signal_handler(sig, self._on_exit_signal, app)
+        self._loop.add_signal_handler(signal.SIGHUP, _reload_on_sighup, app)
+
+    def _on_exit_signal(self, app: web.Application) -> None:
+        if self.stop_requested.is_set():
+            _exit_now(app)
+        self.stop_requested.set()
+
+    def remove(self) -> None:
+        self._loop.remove_signal_handler(signal.SIGHUP)
         for sig in _SIGNALS:
-            loop.remove_signal_handler(sig)
+            self._loop.remove_signal_handler(sig)
 
 
 def check_port_free(host: str, port: int) -> None:
