@@ -20,6 +20,7 @@ from aiollmux.errors import BodyTooLarge, InvalidJSON, ModelRequired
 # Bodies up to this size are fully validated with json.loads (cheap at this size);
 # larger ones are only scanned, and the backend validates the rest.
 VALIDATE_LIMIT = 256 * 1024
+OFF_LOOP_BYTES = 1024 * 1024  # larger JSON bodies are looked at in a thread
 
 # RFC 8259 §8.1: a parser may ignore a leading byte order mark; Python's json does.
 _BOM = b"\xef\xbb\xbf"
@@ -146,6 +147,10 @@ def _find(body: bytes, content_type: str, *, walk: bool) -> ModelField | None:
 
 
 def _find_json(body: bytes, *, walk: bool = True) -> ModelField | None:
+    if not walk and len(body) > OFF_LOOP_BYTES:
+        # The duplicate-key check below reads the whole body (about 1 ms a MiB): a large
+        # body's is done off the event loop, once, with the rest of the work.
+        return None
     repeated = _may_repeat_model(body)
     if len(body) <= VALIDATE_LIMIT:
         # Small bodies: json.loads validates and names the model; a second "model" key
