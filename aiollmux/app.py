@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
+from aiollmux.allocator import LARGE_BODY_BYTES, HeapTrimmer
 from aiollmux.config import Config, ModelConfig
 from aiollmux.errors import (
     BackendError,
@@ -34,13 +35,12 @@ from aiollmux.errors import (
     shape_of,
 )
 from aiollmux.events import EventHub, Frame, events_from_log
-from aiollmux.memory import LARGE_BODY_BYTES, HeapTrimmer
 from aiollmux.metrics import CONTENT_TYPE, Metrics
 from aiollmux.multiplexer import Multiplexer
 from aiollmux.paths import check_any_model, check_model, decoded_path, request_target
 from aiollmux.proxy import ClientGone, Proxy
 from aiollmux.reload import Reloader
-from aiollmux.routing import decoded_body, find_model, find_model_quickly
+from aiollmux.request_body import decoded_body, find_model, find_model_quickly
 from aiollmux.status_page import ui_asset, ui_not_found, ui_page, ui_redirect
 
 logger = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from aiollmux.config import DEFAULT_PATH, Config, config_warnings, load_config
 from aiollmux.errors import ConfigError
 
 if TYPE_CHECKING:
-    from aiollmux.admin_client import AdminClient
-    from aiollmux.demo_control import DemoSettings
     from aiollmux.logs import LogFormat
+    from aiollmux.tools.admin_client import AdminClient
+    from aiollmux.tools.demo_control import DemoSettings
 
 CONFIG_ENV = "LLMUX_CONFIG"
 INIT_PRESET_HEADER = (
@@ -145,7 +145,7 @@ def init(path: str, preset_name: str | None) -> None:
     import tomli_w
 
     from aiollmux import presets
-    from aiollmux.starter import preset_document, starter_document
+    from aiollmux.tools.starter import preset_document, starter_document
 
     header, document = INIT_HEADER, starter_document()
     if preset_name is not None:
@@ -277,7 +277,7 @@ def demo_backend(
     ready_fd: int | None,
 ) -> None:
     """A fake OpenAI-compatible model server that streams tokens (no GPU needed)."""
-    from aiollmux import demo_control as control
+    from aiollmux.tools import demo_control as control
 
     settings = control.DemoSettings(
         model=model, port=port, host=host, token_delay=token_delay, load_secs=load_secs
@@ -301,7 +301,7 @@ def demo_backend(
 def _serve_demo(settings: DemoSettings, ready_fd: int | None) -> None:
     import asyncio
 
-    from aiollmux.demo_backend import serve_demo
+    from aiollmux.tools.demo_backend import serve_demo
 
     try:
         asyncio.run(serve_demo(settings, ready_fd=ready_fd))
@@ -323,13 +323,13 @@ url_option = click.option(
 
 
 def _client(url: str) -> AdminClient:
-    from aiollmux.admin_client import AdminClient
+    from aiollmux.tools.admin_client import AdminClient
 
     return AdminClient(url, os.environ.get("LLMUX_ADMIN_TOKEN") or None)
 
 
 def _admin(coroutine: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
-    from aiollmux.admin_client import AdminError, run_sync
+    from aiollmux.tools.admin_client import AdminError, run_sync
 
     try:
         result: dict[str, Any] = run_sync(coroutine)
@@ -345,7 +345,7 @@ def _admin(coroutine: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
 @click.option("--watch", is_flag=True, help="Redraw the table on each change (Ctrl-C to stop).")
 def status(url: str, as_json: bool, watch: bool) -> None:
     """Show the daemon's state: active model, in-flight and queued requests, costs."""
-    from aiollmux.admin_client import render_status
+    from aiollmux.tools.admin_client import render_status
 
     if watch:
         _follow(_client(url).watch_status(sys.stdout, clear_screen=sys.stdout.isatty()))
@@ -363,7 +363,7 @@ def events(url: str, as_json: bool) -> None:
 
 
 def _follow(coroutine: Coroutine[Any, Any, None]) -> None:
-    from aiollmux.admin_client import AdminError, run_sync
+    from aiollmux.tools.admin_client import AdminError, run_sync
 
     try:
         run_sync(coroutine)
@@ -407,7 +407,7 @@ def sleep(url: str, group: str | None, model: str | None) -> None:
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here.")
 def migrate(source: Path, output: Path | None) -> None:
     """Convert an llmux YAML/JSON config to aiollmux TOML (stdout without -o)."""
-    from aiollmux.migrate import migrate as convert
+    from aiollmux.tools.migrate import migrate as convert
 
     try:
         text, warnings = convert(source)

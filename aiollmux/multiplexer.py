@@ -14,13 +14,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiollmux.config import Config, ModelConfig
-from aiollmux.cost import SwitchCosts
 from aiollmux.errors import ModelNotFound
 from aiollmux.health import HealthMonitor
 from aiollmux.hooks import HookRunner
 from aiollmux.metrics import Metrics
 from aiollmux.policy import Policy, load_policy
 from aiollmux.status import status_document
+from aiollmux.switch_costs import SwitchCosts
 from aiollmux.switcher import InFlightGuard, Switcher
 
 logger = logging.getLogger(__name__)

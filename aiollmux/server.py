@@ -16,10 +16,10 @@ from dataclasses import replace
 
 from aiohttp import web
 
+from aiollmux.allocator import tune_allocator
 from aiollmux.app import MULTIPLEXER, RELOADER, build_app
 from aiollmux.config import Config, log_config_warnings
 from aiollmux.listener import ClientLimits, LimitedSite, raise_fd_limit
-from aiollmux.memory import tune_allocator
 from aiollmux.serverlog import ServerLogger
 from aiollmux.systemd import notify
 
@@ -83,7 +83,7 @@ async def serve(config: Config) -> None:
 
 def _prepare(config: Config) -> tuple[web.Application, web.AppRunner]:
     if tune_allocator():
-        logger.debug("allocator tuned for large request bodies (aiollmux/memory.py)")
+        logger.debug("allocator tuned for large request bodies (aiollmux/allocator.py)")
     # Before any hook runs: a second instance must not put the first one's model to
     # sleep (adoption and sleep_on_shutdown) only to find the port taken.
     check_port_free(config.host, config.port)

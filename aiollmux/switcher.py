@@ -19,7 +19,6 @@ from typing import Literal, NamedTuple, Protocol
 
 from aiollmux.admission import InFlightGuard, Member, StartingRequests, abandon
 from aiollmux.config import GroupConfig, ModelConfig, PolicyConfig
-from aiollmux.cost import IDLE, SwitchCosts
 from aiollmux.errors import ModelNotFound, ModelTimeout, QueueFull, ServiceStopping, WakeFailed
 from aiollmux.eviction import EPSILON_GB, choose_victims
 from aiollmux.free_memory import wait_for_free_memory
@@ -40,6 +39,7 @@ from aiollmux.policy import (
     VictimView,
     next_ask,
 )
+from aiollmux.switch_costs import IDLE, SwitchCosts
 
 __all__ = [
     "BACKOFF_SECS",

@@ -27,12 +27,12 @@ from aiohttp import web
 
 from aiollmux.app import MULTIPLEXER, build_app
 from aiollmux.config import Config, GroupConfig, ModelConfig, PolicyConfig, parse_config
-from aiollmux.cost import SwitchCosts
 from aiollmux.hooks import HookRunner
 from aiollmux.metrics import Metrics
 from aiollmux.multiplexer import Multiplexer
 from aiollmux.policy import Policy, load_policy
 from aiollmux.server import make_runner, make_site
+from aiollmux.switch_costs import SwitchCosts
 from aiollmux.switcher import Switcher
 
 

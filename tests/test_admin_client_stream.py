@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from aiollmux import admin_client
-from aiollmux.admin_client import AdminClient, AdminError, event_line
+from aiollmux.tools import admin_client
+from aiollmux.tools.admin_client import AdminClient, AdminError, event_line
 
 TS = "2026-12-07T08:00:00.000+00:00"
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from aiollmux.config import GroupConfig, PolicyConfig
-from aiollmux.cost import SwitchCosts
 from aiollmux.errors import WakeFailed
 from aiollmux.metrics import Metrics
 from aiollmux.policy import Policy, load_policy
+from aiollmux.switch_costs import SwitchCosts
 from aiollmux.switcher import Switcher
 from tests.support import Journal, budget_switcher, hook_commands, wait_for
 

@@ -27,7 +27,7 @@ from click.testing import CliRunner, Result
 from aiollmux import __version__
 from aiollmux.cli import _reason, main
 from aiollmux.config import load_config, parse_config
-from aiollmux.starter import starter_document
+from aiollmux.tools.starter import starter_document
 from tests.support import free_port, process_gone
 
 REPO = Path(__file__).resolve().parents[1]

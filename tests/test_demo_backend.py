@@ -21,9 +21,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from click.testing import CliRunner
 
-from aiollmux import demo_control
 from aiollmux.cli import main
-from aiollmux.demo_backend import DemoSettings, build_demo_app, serve_demo
+from aiollmux.tools import demo_control
+from aiollmux.tools.demo_backend import DemoSettings, build_demo_app, serve_demo
 from tests.support import free_port, process_gone
 
 CHILD_DEADLINE_SECS = 30.0  # a bound on a child process; tests wait on its output instead

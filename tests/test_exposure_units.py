@@ -11,9 +11,9 @@ import pytest
 
 from aiollmux.config import parse_config
 from aiollmux.errors import ConfigError, InvalidRequest
-from aiollmux.migrate import migrate
 from aiollmux.paths import decoded_path
 from aiollmux.ratelimit import RateLimitedLog
+from aiollmux.tools.migrate import migrate
 
 MODEL = '[models.a]\nport = 8001\nwake = "true"\nsleep = "true"\nalive = "true"\n'
 

@@ -50,7 +50,7 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 from yarl import URL
 
-from aiollmux.routing import VALIDATE_LIMIT
+from aiollmux.request_body import VALIDATE_LIMIT
 from tests.support import Daemon, FakeBackend, Lab, running_daemon, wait_for
 
 # -- the daemon under test -----------------------------------------------------------------
@@ -1080,7 +1080,7 @@ async def test_request_body_that_decodes_past_the_limit_is_413(lab: Lab, daemon:
 async def test_large_body_with_a_key_ending_in_an_escaped_model_is_routed_by_model(
     daemon: Daemon,
 ) -> None:
-    # routing._model_near_the_end once took the bytes "model" after an escaped quote
+    # request_body._model_near_the_end once took the bytes "model" after an escaped quote
     # (inside the key `p"model`) for the top-level key "model".
     prompt = "x" * (VALIDATE_LIMIT + 1)
     data = f'{{"messages": "{prompt}", "model": "alpha", "p\\"model": "beta"}}'.encode()

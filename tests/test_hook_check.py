@@ -15,7 +15,7 @@ from click.testing import CliRunner, Result
 
 from aiollmux.cli import main
 from aiollmux.config import load_config
-from aiollmux.starter import starter_document
+from aiollmux.tools.starter import starter_document
 from tests.support import Lab, free_port, running_daemon
 
 STEPS = [

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from aiollmux.cli import main
 from aiollmux.config import PolicyConfig
 from aiollmux.policy import Decision, PolicyContext
-from aiollmux.simulate.costs import CostSpecError, HookCosts, parse_hook_costs
 from aiollmux.simulate.engine import Run, Simulation, SimulationError, simulate
+from aiollmux.simulate.hook_costs import CostSpecError, HookCosts, parse_hook_costs
 from aiollmux.simulate.report import percentile, summarize
 from aiollmux.simulate.scenario import DEFAULT_POLICIES, Scenario, policy_configs, run_scenario
 from aiollmux.simulate.workload import (

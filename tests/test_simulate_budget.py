@@ -12,7 +12,7 @@ from aiollmux.cli import main
 from aiollmux.config import PolicyConfig
 from aiollmux.simulate import budget_table
 from aiollmux.simulate.budget import simulate_budget
-from aiollmux.simulate.costs import HookCosts
+from aiollmux.simulate.hook_costs import HookCosts
 from aiollmux.simulate.workload import Job, Workload
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "policies.md"

@@ -18,7 +18,6 @@ from aiollmux.admission import DEMAND_SECS
 from aiollmux.config import PolicyConfig
 from aiollmux.eviction import choose_victims
 from aiollmux.policy import Decision, PolicyContext, VictimView
-from aiollmux.simulate.costs import HookCosts
 from aiollmux.simulate.engine import (
     Request,
     Run,
@@ -27,6 +26,7 @@ from aiollmux.simulate.engine import (
     _Backend,
     _Switch,
 )
+from aiollmux.simulate.hook_costs import HookCosts
 from aiollmux.simulate.workload import Workload
 
 

@@ -16,8 +16,8 @@ from typing import Final
 
 from aiollmux.config import PolicyConfig
 from aiollmux.simulate.budget import simulate_budget
-from aiollmux.simulate.costs import HookCosts
 from aiollmux.simulate.engine import simulate
+from aiollmux.simulate.hook_costs import HookCosts
 from aiollmux.simulate.report import Summary, summarize
 from aiollmux.simulate.workload import DEFAULTS, Params, Workload, bursty, poisson
 

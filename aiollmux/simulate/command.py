@@ -16,7 +16,7 @@ from typing import Any
 
 from aiollmux.config import load_config
 from aiollmux.simulate.chart import comparison_chart
-from aiollmux.simulate.costs import CostSpecError, parse_hook_costs
+from aiollmux.simulate.hook_costs import CostSpecError, parse_hook_costs
 from aiollmux.simulate.report import Summary, render_csv, render_json, render_text
 from aiollmux.simulate.scenario import (
     DEFAULT_POLICIES,

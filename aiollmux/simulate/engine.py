@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from aiollmux.config import PolicyConfig
-from aiollmux.cost import SwitchCosts
 from aiollmux.policy import Decision, PolicyContext, QueueView, load_policy, next_ask
-from aiollmux.simulate.costs import HookCosts
+from aiollmux.simulate.hook_costs import HookCosts
 from aiollmux.simulate.workload import Job, Workload
+from aiollmux.switch_costs import SwitchCosts
 
 GRACE_SECS = 86_400.0  # still waiting a virtual day after the last arrival: unserved
 MAX_ASKS_AT_ONE_TIME = 10_000  # no progress: a policy deferring to the present, say

@@ -12,8 +12,8 @@ from typing import Any, Final
 
 from aiollmux.config import PolicyConfig, parse_policy
 from aiollmux.simulate.budget import simulate_budget
-from aiollmux.simulate.costs import HookCosts
 from aiollmux.simulate.engine import Run, simulate
+from aiollmux.simulate.hook_costs import HookCosts
 from aiollmux.simulate.report import Summary, summarize
 from aiollmux.simulate.workload import DEFAULTS, Params, Workload, generate, load_trace
 

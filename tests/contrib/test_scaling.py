@@ -16,7 +16,7 @@ import yaml
 from aiohttp import web
 
 from aiollmux.config import Config
-from aiollmux.starter import starter_document
+from aiollmux.tools.starter import starter_document
 from tests.contrib.conftest import REPO
 from tests.support import free_port
 

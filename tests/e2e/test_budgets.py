@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from aiollmux.admin_client import render_status
 from aiollmux.config import load_config
+from aiollmux.tools.admin_client import render_status
 from tests.e2e.test_admin_cli import _cli
 from tests.support import Lab, gated_wake, running_daemon, wait_for
 

@@ -16,11 +16,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from aiollmux.admin_client import read_sse
 from aiollmux.app import EVENTS, build_app
 from aiollmux.config import load_config
 from aiollmux.events import CLOSE_GRACE_SECS, QUEUE_LIMIT
 from aiollmux.server import make_runner
+from aiollmux.tools.admin_client import read_sse
 from tests.support import (
     Daemon,
     Lab,

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import aiollmux.app as app_module
-from aiollmux import routing
+from aiollmux import request_body
 from tests.support import Daemon, Lab, hook_commands, running_daemon, wait_for
 
 
@@ -289,7 +289,7 @@ async def test_at_most_two_decodes_at_once(lab: Lab, monkeypatch: pytest.MonkeyP
         read += 1  # from here to the decode slot there is no await: waiting, or inside
         return body
 
-    real_decode, real_read = routing.decoded_body, app_module.read_body
+    real_decode, real_read = request_body.decoded_body, app_module.read_body
     monkeypatch.setattr(app_module, "decoded_body", decoding)
     monkeypatch.setattr(app_module, "read_body", counting_read)
     body = gzip.compress(json.dumps({"model": "alpha"}).encode())

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from aiollmux.admin_client import render_status
 from aiollmux.config import load_config
+from aiollmux.tools.admin_client import render_status
 from tests.support import Daemon, Lab, running_daemon, wait_for, without_model
 
 

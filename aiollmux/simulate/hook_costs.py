@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
 
-from aiollmux.cost import IDLE
+from aiollmux.switch_costs import IDLE
 
 ANY: Final = "*"
 

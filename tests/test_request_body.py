@@ -13,7 +13,7 @@ from typing import Any, Literal
 import pytest
 
 from aiollmux.errors import BodyTooLarge, InvalidJSON, ModelRequired
-from aiollmux.routing import (
+from aiollmux.request_body import (
     MAX_CODINGS,
     VALIDATE_LIMIT,
     ModelField,
@@ -647,7 +647,7 @@ def test_decoded_body_stops_at_the_limit() -> None:
 
 def test_a_large_json_body_is_looked_at_off_the_event_loop() -> None:
     # Its duplicate-key check reads every byte (~1 ms a MiB): not on the loop, and once.
-    from aiollmux.routing import OFF_LOOP_BYTES, find_model, find_model_quickly
+    from aiollmux.request_body import OFF_LOOP_BYTES, find_model, find_model_quickly
 
     small = json.dumps({"messages": "x" * (OFF_LOOP_BYTES - 100), "model": "m"}).encode()
     large = json.dumps({"messages": "x" * OFF_LOOP_BYTES, "model": "m"}).encode()

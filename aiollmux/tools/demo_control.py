@@ -1,7 +1,7 @@
 """Start, stop and check detached demo backends through pidfiles (`demo-backend --detach`…).
 
 These run as the default config's hooks on every switch, so this module imports
-nothing heavy (no aiohttp): the server itself lives in `aiollmux.demo_backend`.
+nothing heavy (no aiohttp): the server itself lives in `aiollmux.tools.demo_backend`.
 """
 
 from __future__ import annotations

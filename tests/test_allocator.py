@@ -1,4 +1,4 @@
-"""The allocator tuning of aiollmux/memory.py: applied on glibc, left to the user's own."""
+"""The allocator tuning of aiollmux/allocator.py: applied on glibc, left to the user's own."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from aiollmux.memory import HeapTrimmer, tune_allocator
+from aiollmux.allocator import HeapTrimmer, tune_allocator
 
 GLIBC = sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
@@ -73,7 +73,7 @@ async def test_closing_the_trimmer_cancels_a_pending_trim() -> None:
 
 _HEAP_SCRIPT = """
 import gc, os
-from aiollmux.memory import malloc_trim, tune_allocator
+from aiollmux.allocator import malloc_trim, tune_allocator
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 assert tune_allocator()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from aiollmux.cost import SwitchCosts
+from aiollmux.switch_costs import SwitchCosts
 
 
 def test_first_sample_seeds_then_ema() -> None:

@@ -1,7 +1,7 @@
 """`aiollmux demo-backend`: a small OpenAI-compatible fake model server that streams tokens.
 
 The default `llmux.toml` wakes and sleeps these, so aiollmux runs on a machine with no
-GPU. The hooks' `--detach`/`--stop`/`--check` live in `aiollmux.demo_control`.
+GPU. The hooks' `--detach`/`--stop`/`--check` live in `aiollmux.tools.demo_control`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from aiollmux.demo_control import DemoSettings
+from aiollmux.tools.demo_control import DemoSettings
 
 __all__ = ["DemoSettings", "build_demo_app", "serve_demo"]
 
