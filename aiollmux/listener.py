@@ -251,6 +251,10 @@ class LimitedSite(web.BaseSite):
         self._listeners.clear()
         await super().stop()
 
+    def limits_changed(self) -> None:
+        """A reload may have raised `max_connections`: a paused accept loop looks again."""
+        self._slot_freed.set()
+
     def opened(self, connection: GuardedConnection) -> None:
         self._connections.add(connection)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -48,6 +48,9 @@ class Multiplexer:
         self.served = True
         self.exclusive_gate = _ExclusiveGate(self)
         self._retiring: set[asyncio.Task[None]] = set()
+        # Called after each `apply`: what reads the config elsewhere (the listener's
+        # `max_connections`) and waits on it.
+        self.on_applied: list[Callable[[], None]] = []
         for group in config.groups:
             self._add_group(group, config, load_policy(config.policy, config.source))
 
@@ -132,6 +135,8 @@ class Multiplexer:
         self.generation += 1
         self.loaded_at = datetime.now(UTC)
         self.last_reload_error = None
+        for callback in self.on_applied:
+            callback()
 
     def _set_gate(self, group: str, config: Config) -> None:
         settings = config.groups.get(group)

@@ -60,7 +60,9 @@ def make_site(runner: web.AppRunner, config: Config) -> LimitedSite:
             max_connections=live.max_connections,
         )
 
-    return LimitedSite(runner, config.host, config.port, backlog=config.backlog, limits=limits)
+    site = LimitedSite(runner, config.host, config.port, backlog=config.backlog, limits=limits)
+    mux.on_applied.append(site.limits_changed)
+    return site
 
 
 async def serve(config: Config) -> None:

@@ -169,6 +169,38 @@ async def test_idle_keepalive_connection_is_closed(lab: Lab) -> None:
             writer.close()
 
 
+async def test_a_later_request_dripping_its_headers_is_cut_by_the_keepalive_timer(
+    lab: Lab,
+) -> None:
+    # client_header_timeout_secs bounds the first request only; a later one on the same
+    # connection is bounded by aiohttp's keep-alive timer, which bytes arriving do not reset.
+    await lab.add_backends("alpha")
+    top = "keepalive_timeout_secs = 0.5\nclient_header_timeout_secs = 600"
+    async with running_daemon(lab.config(top=top)) as daemon:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(daemon))
+
+        async def drip() -> None:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            while not writer.is_closing():
+                writer.write(b"a")  # a slow client's pace, not a synchronisation
+                await asyncio.sleep(0.05)
+
+        try:
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            async with asyncio.timeout(10):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+            dripping = asyncio.create_task(drip())
+            async with asyncio.timeout(20):
+                assert await reader.read(-1) == b""  # closed by the daemon, no answer
+            writer.close()
+            await asyncio.gather(dripping, return_exceptions=True)
+        finally:
+            writer.close()
+
+
 async def test_stalled_body_gets_408(lab: Lab) -> None:
     await lab.add_backends("alpha")
     async with running_daemon(lab.config(top="client_body_timeout_secs = 0.3")) as daemon:

@@ -136,3 +136,25 @@ async def test_max_connections_capped_by_the_fd_limit(lab: Lab) -> None:
                 assert await probe == 200
         assert await health_status(daemon.url) == 200
         assert resource_events(daemon, "alive hook") == []  # the reserve kept hooks running
+
+
+async def test_a_reload_raising_max_connections_accepts_the_waiting_clients(lab: Lab) -> None:
+    # The accept loop paused at max_connections waited for a connection to close; a reload
+    # that raised the limit went unseen until then.
+    await lab.add_backends("alpha")
+    top = "max_connections = 1\nclient_header_timeout_secs = 120\nkeepalive_timeout_secs = 120"
+    config = adopted_config(lab, top)
+    port = int(config.read_text().split("\nport = ")[1].split()[0])
+    async with daemon_process(config) as daemon:
+        await wait_for(lambda: accept_queue(port) == 0)  # /health's connection is gone
+        with idle_connections(port, 1):  # holds the one slot (for 120 s)
+            await wait_for(lambda: "max_connections" in daemon.event_names())
+            probe = asyncio.ensure_future(health_status(daemon.url))
+            await wait_for(lambda: accept_queue(port) == 1)  # waits in the backlog
+            config.write_text(
+                config.read_text().replace("max_connections = 1", "max_connections = 4")
+            )
+            daemon.process.send_signal(signal.SIGHUP)
+            await wait_for(lambda: "config_reloaded" in daemon.event_names())
+            async with asyncio.timeout(20):
+                assert await probe == 200
