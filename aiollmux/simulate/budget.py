@@ -21,10 +21,10 @@ from aiollmux.policy import Decision, PolicyContext, VictimView
 from aiollmux.simulate.engine import (
     Request,
     Run,
+    SimulatedBackend,
     Simulation,
     SwitchRecord,
-    _Backend,
-    _Switch,
+    SwitchUnderWay,
 )
 from aiollmux.simulate.hook_costs import HookCosts
 from aiollmux.simulate.workload import Workload
@@ -62,13 +62,13 @@ class BudgetSimulation(Simulation):
     def _is_awake(self, model: str) -> bool:
         return model in self.awake
 
-    def _admit(self, backend: _Backend, request: Request) -> None:
+    def _admit(self, backend: SimulatedBackend, request: Request) -> None:
         super()._admit(backend, request)
         self.activity[backend.name] = self.now
         count, at = self._demand[backend.name]
         self._demand[backend.name] = (count * math.exp((at - self.now) / DEMAND_SECS) + 1, self.now)
 
-    def _after_release(self, backend: _Backend) -> None:
+    def _after_release(self, backend: SimulatedBackend) -> None:
         self.activity[backend.name] = self.now
         super()._after_release(backend)
 
@@ -118,7 +118,7 @@ class BudgetSimulation(Simulation):
         self._victims = victims[1:]
         self._last_victim = None
         self._hook_secs = 0.0
-        self.switching = _Switch(victims[0] if victims else None, target, self.now)
+        self.switching = SwitchUnderWay(victims[0] if victims else None, target, self.now)
         if not victims:
             self._wake()
         else:

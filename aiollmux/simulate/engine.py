@@ -71,7 +71,9 @@ class SwitchRecord:
 
 
 @dataclass(slots=True, eq=False)
-class _Backend:
+class SimulatedBackend:
+    """One model in the simulation: its queue, admitted requests and drain state."""
+
     name: str
     waiters: deque[Request] = field(default_factory=deque)
     queued_inside: deque[Request] = field(default_factory=deque)  # admitted, no slot yet
@@ -84,7 +86,9 @@ class _Backend:
 
 
 @dataclass(slots=True, eq=False)
-class _Switch:
+class SwitchUnderWay:
+    """The one switch the simulated GPU is making: from, to, and where it stands."""
+
     source: str | None
     target: str
     started: float
@@ -121,11 +125,11 @@ class Simulation:
         self.hook_costs = hook_costs
         self.concurrency = concurrency
         self.costs = SwitchCosts()
-        self.models = {name: _Backend(name) for name in workload.models}
+        self.models = {name: SimulatedBackend(name) for name in workload.models}
         self.active: str | None = None
         self.activated_at = 0.0
         self.last_activity = 0.0  # a request started or ended, or a model became active
-        self.switching: _Switch | None = None
+        self.switching: SwitchUnderWay | None = None
         self.requests: list[Request] = []
         self.switches: list[SwitchRecord] = []
         self.gpu: dict[GpuState, float] = {"serving": 0.0, "switching": 0.0, "idle": 0.0}
@@ -208,7 +212,7 @@ class Simulation:
     def _is_awake(self, model: str) -> bool:
         return self.active == model
 
-    def _admit(self, backend: _Backend, request: Request) -> None:
+    def _admit(self, backend: SimulatedBackend, request: Request) -> None:
         if request.timer is not None:
             request.timer.cancel()
         request.admitted = self.now
@@ -216,7 +220,7 @@ class Simulation:
         backend.queued_inside.append(request)
         self._fill(backend)
 
-    def _fill(self, backend: _Backend) -> None:
+    def _fill(self, backend: SimulatedBackend) -> None:
         while backend.queued_inside and (
             self.concurrency == 0 or len(backend.serving) < self.concurrency
         ):
@@ -227,16 +231,16 @@ class Simulation:
                 self.now + request.job.service, self._finisher(backend, request)
             )
 
-    def _finisher(self, backend: _Backend, request: Request) -> Callable[[], None]:
+    def _finisher(self, backend: SimulatedBackend, request: Request) -> Callable[[], None]:
         return lambda: self._finish(backend, request)
 
-    def _finish(self, backend: _Backend, request: Request) -> None:
+    def _finish(self, backend: SimulatedBackend, request: Request) -> None:
         del backend.serving[request.number]
         self._end(request, "served")
         self._fill(backend)
         self._after_release(backend)
 
-    def _time_out(self, backend: _Backend, request: Request) -> None:
+    def _time_out(self, backend: SimulatedBackend, request: Request) -> None:
         backend.waiters.remove(request)
         self._end(request, "timeout")
 
@@ -247,7 +251,7 @@ class Simulation:
         if follow is not None:
             self._schedule_arrival(follow)
 
-    def _cut(self, backend: _Backend) -> None:
+    def _cut(self, backend: SimulatedBackend) -> None:
         """The drain timed out (or is not waited for): end what is still in flight."""
         cut = [*backend.serving.values(), *backend.queued_inside]
         backend.serving.clear()
@@ -257,7 +261,7 @@ class Simulation:
                 request.timer.cancel()
             self._end(request, "cut")
 
-    def _after_release(self, backend: _Backend) -> None:
+    def _after_release(self, backend: SimulatedBackend) -> None:
         """Switcher._release: at zero in flight a drain ends and the policy is asked."""
         self.last_activity = self.now
         if backend.in_flight:
@@ -349,14 +353,14 @@ class Simulation:
             ),
         )
 
-    def _release_waiters(self, backend: _Backend) -> None:
+    def _release_waiters(self, backend: SimulatedBackend) -> None:
         while backend.waiters:
             self._admit(backend, backend.waiters.popleft())
 
     # -- a switch (Switcher._switch_locked and _put_to_sleep) ---------------------------
 
     def _start_switch(self, target: str) -> None:
-        self.switching = _Switch(self.active, target, self.now)
+        self.switching = SwitchUnderWay(self.active, target, self.now)
         if self.active is None:
             self._run_hooks()
             return
@@ -382,7 +386,7 @@ class Simulation:
         if limit > 0:
             switch.drain_timer = self._at(self.now + limit, lambda: self._drain_timed_out(backend))
 
-    def _drain_timed_out(self, backend: _Backend) -> None:
+    def _drain_timed_out(self, backend: SimulatedBackend) -> None:
         self._cut(backend)
         self._after_release(backend)
 
