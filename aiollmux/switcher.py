@@ -571,17 +571,8 @@ class Switcher(SwitcherState):
         )
         # The switch's cost is the time the GPU was unavailable: sleep hooks, the
         # free-memory wait and the wake hook; not min_active_secs nor the drain.
-        unavailable = 0.0
         try:
-            while victims:
-                for victim in victims:
-                    self._switching = Transition(victim, target)
-                    unavailable += await self._put_to_sleep(victim, target)
-                    source = victim
-                victims = self._victims(target)  # a reload may have changed the sizes
-            self._switching = Transition(source, target)
-            if self._exclusive_gate is not None:
-                await self._exclusive_gate.clear_others(self)
+            source, unavailable = await self._make_room(target, victims, source)
             self._occupying = target
             self._memory_changed()
             started = self._clock()
@@ -601,6 +592,28 @@ class Switcher(SwitcherState):
             if self._occupying is not None:
                 self._occupying = None
                 self._memory_changed()
+
+    async def _make_room(
+        self, target: str, victims: list[str], source: str | None
+    ) -> tuple[str | None, float]:
+        """Put `victims` to sleep, then whatever a reload made too big meanwhile, and in an
+        exclusive group the other groups' models: the last member put to sleep and the
+        hooks' time."""
+        unavailable = 0.0
+        while True:
+            while victims:
+                for victim in victims:
+                    self._switching = Transition(victim, target)
+                    unavailable += await self._put_to_sleep(victim, target)
+                    source = victim
+                victims = self._victims(target)  # a reload may have changed the sizes
+            self._switching = Transition(source, target)
+            if self._exclusive_gate is None:
+                return source, unavailable
+            await self._exclusive_gate.clear_others(self)
+            victims = self._victims(target)  # the same, while the other groups slept
+            if not victims:
+                return source, unavailable
 
     async def _check_free_memory(self, target: str) -> str | None:
         command = self._settings.free_memory

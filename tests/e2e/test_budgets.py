@@ -7,7 +7,7 @@ import asyncio
 from aiollmux.config import load_config
 from aiollmux.tools.admin_client import render_status
 from tests.e2e.test_admin_cli import _cli
-from tests.support import Lab, gated_wake, running_daemon, wait_for
+from tests.support import Lab, gated_wake, hook_commands, running_daemon, wait_for
 
 BUDGET = "\n[groups.default]\nmemory_gb = 12\n"
 SIZES = {"chat": {"memory_gb": 8}, "embed": {"memory_gb": 1}, "coder": {"memory_gb": 6}}
@@ -259,3 +259,46 @@ async def test_a_pending_idle_sleep_does_not_stop_the_other_members_checks(lab: 
         async with await waking as response:
             assert response.status == 200
         await wait_for(lambda: "coder" not in switcher.awake)
+
+
+async def test_a_member_grown_by_a_reload_during_an_exclusive_clear_is_made_room_for(
+    lab: Lab,
+) -> None:
+    # embed fits beside chat, so the exclusive switch has no victims of its own; while it
+    # waits for the other group to sleep, a reload grows chat past the budget. The sizes
+    # must be looked at again before embed wakes, not only at the next step.
+    await lab.add_backends("chat", "embed", "solo")
+    go = lab.tmp / "go"
+    journaled = hook_commands(lab.journal.path, lab.state_dir)
+    held_sleep = f"while [ ! -e {go} ]; do sleep 0.02; done; {journaled['sleep']}"
+    groups = BUDGET + "exclusive = true\n[groups.other]\n"
+    path = lab.tmp / "llmux.toml"
+    text = lab.config_text(
+        policy=groups,
+        per_model={**SIZES, "solo": {"group": "other"}},
+        hooks={"solo": {"sleep": held_sleep}},
+    )
+    path.write_text(text)
+    async with running_daemon(load_config(path)) as daemon:
+        for model in ("chat", "solo"):
+            async with await daemon.chat(model) as response:
+                assert (await response.json())["model"] == model
+        waking = asyncio.create_task(daemon.chat("embed"))
+        other = daemon.mux.switchers["other"]
+        await wait_for(lambda: other.model_status("solo") == "sleeping")
+        grown = text.replace('"memory_gb" = 8', '"memory_gb" = 12').replace(
+            "memory_gb = 8", "memory_gb = 12"
+        )
+        assert grown != text
+        path.write_text(grown)
+        async with daemon.client.post(f"{daemon.url}/admin/reload") as response:
+            assert (await response.json())["status"] == "applied"
+        go.touch()
+        async with await waking as response:
+            assert (await response.json())["model"] == "embed"
+        lines = lab.journal.lines()
+        assert lines.index("end sleep chat") < lines.index("start wake embed")
+        group = (await daemon.status())["groups"]["default"]
+        assert group["active_models"] == ["embed"]
+    lab.journal.assert_no_overlap()
+    assert lab.violations() == []
