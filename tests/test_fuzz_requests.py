@@ -354,6 +354,10 @@ def large_bodies(draw: st.DrawFn) -> Body:
     if one_in(draw, 5):  # cut short: the walk may route it or refuse it
         data = data[: -draw(st.integers(1, 40))]
         allowed |= {error("invalid_json"), error("model_required")}
+        if layout == "duplicate" and data.count(b'"model"') < 2:
+            # The cut took the second key: nothing is duplicated any more, and the walk
+            # stops at the first "model" (the rest is the backend's to validate).
+            allowed |= {named(first)}
     if len(data) > LIMIT:
         allowed = {error("body_too_large")}
     content_type = draw(st.sampled_from(["application/json", None]))
