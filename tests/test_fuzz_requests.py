@@ -51,7 +51,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from aiollmux.request_body import VALIDATE_LIMIT
-from tests.support import Daemon, FakeBackend, Lab, running_daemon, wait_for
+from tests.support import Daemon, FakeBackend, Lab, raw_exchange, running_daemon, wait_for
 
 # -- the daemon under test -----------------------------------------------------------------
 
@@ -890,29 +890,6 @@ def raw_cases(draw: st.DrawFn) -> RawCase:
     return RawCase(head + b"\r\n" + payload, body, clean)
 
 
-async def raw_exchange(port: int, data: bytes) -> tuple[int, CIMultiDict[str], bytes] | None:
-    """Write `data` on a fresh connection; the answer's status, headers and body, or None
-    if the daemon closed the connection without answering."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
-            return None
-        status_line, *header_lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
-        headers: CIMultiDict[str] = CIMultiDict()
-        for line in header_lines:
-            name, _, value = line.partition(":")
-            headers.add(name.strip(), value.strip())
-        length = int(headers.get("Content-Length", "0"))
-        return int(status_line.split()[1]), headers, await reader.readexactly(length)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-
-
 async def test_raw_framing_is_answered_cleanly(lab: Lab) -> None:
     backends = await start_lab(lab)
     config = lab.config(top=PROXY_PATHS, per_model=PER_MODEL)
@@ -924,10 +901,10 @@ async def test_raw_framing_is_answered_cleanly(lab: Lab) -> None:
         async def check(case: RawCase) -> None:
             before = {model: len(b.raw) for model, b in backends.items()}
             async with asyncio.timeout(REQUEST_TIMEOUT):
-                answer = await raw_exchange(config.port, case.data)
+                answer = await raw_exchange(daemon.url, case.data)
             assert answer is not None or not case.clean, "a well-formed request got no answer"
             if answer is not None:
-                status, headers, body = answer
+                status, headers, body = answer.status, answer.headers, answer.body
                 assert status < 500, body[:300]
                 if status == 200:
                     model = headers["X-Backend"]
@@ -1100,10 +1077,9 @@ async def test_absolute_form_target_is_proxied(lab: Lab, daemon: Daemon) -> None
     body = b'{"model": "alpha"}'
     request = b"POST http://llmux.test/v1/x?a=1 HTTP/1.1\r\nHost: llmux.test\r\n"
     request += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
-    port = int(daemon.url.rsplit(":", 1)[1])
-    answer = await raw_exchange(port, request)
+    answer = await raw_exchange(daemon.url, request)
     assert answer is not None
-    assert answer[0] == 200, answer
+    assert answer.status == 200, answer
     backend = lab.backends["alpha"]
     assert isinstance(backend, RecordingBackend)
     assert backend.raw[-1].target == "/v1/x?a=1"
