@@ -547,6 +547,7 @@ class Lab:
     expect_violations: bool = False
     expect_hook_overlap: bool = False
     groups: dict[str, str] = field(default_factory=dict)  # model → group, from config_text
+    configs_written: int = 0
 
     @property
     def journal(self) -> Journal:
@@ -565,8 +566,15 @@ class Lab:
             self.backends[model] = backend
 
     def config(self, **options: Any) -> Config:
+        """The config of `config_text(**options)`, written to a file of its own: a daemon
+        reads its `source` when its watcher starts and on each reload, and one config's
+        file never changes under the daemon of another (tests that edit a config write
+        their own, usually `llmux.toml`, and load it)."""
         text = self.config_text(**options)
-        return parse_config(text, str(self.tmp / "llmux.toml"), base_dir=self.tmp)
+        self.configs_written += 1
+        path = self.tmp / f"lab-{self.configs_written}.toml"
+        path.write_text(text)
+        return parse_config(text, str(path), base_dir=self.tmp)
 
     def config_text(
         self,

@@ -332,7 +332,7 @@ HOP_BY_HOP = [
 DROPPED = {"connection", "keep-alive", "te", "trailer", "upgrade", "proxy-authorization"}
 DROPPED |= {"proxy-connection", "expect", "transfer-encoding", "host", "content-length"}
 # Not generated: Host, Content-Length and Transfer-Encoding (aiohttp's client writes them
-# itself), Content-Type (`Body.content_type`) and Content-Encoding (tests of their own below).
+# itself), Content-Type (`Body.content_type`) and Content-Encoding (test_found_inputs.py).
 headers_lists = st.lists(end_to_end | st.sampled_from(HOP_BY_HOP), max_size=6).map(tuple)
 
 requests = st.builds(
