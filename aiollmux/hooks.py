@@ -198,56 +198,11 @@ class HookRunner:
         """Run one hook. `report=False`: no metrics or log yet (the caller may find the
         result moot, an alive check overtaken by a switch, and `report()` it otherwise)."""
         started = time.monotonic()
-        captures: list[_Capture] = []
         try:
-            # The pipes too: creating them is where running out of fds shows first.
-            out = _Capture()
-            captures.append(out)
-            err = _Capture()
-            captures.append(err)
-            proc = await _spawn(model, hook, cwd, out, err, self._withheld)
+            proc, out, err = await self._start_group(model, hook, cwd)
         except (OSError, ValueError) as error:  # ValueError: a NUL in an argument
-            for capture in captures:
-                capture.close()
-            exhausted = is_resource_error(error)
-            if exhausted:
-                log_resource_error(f"{hook} hook", error)
-            return self._reported(
-                report,
-                HookResult(
-                    model=model.id,
-                    hook=hook,
-                    returncode=None,
-                    timed_out=False,
-                    duration=time.monotonic() - started,
-                    stdout="",
-                    stderr=str(error),
-                    resource_exhausted=exhausted,
-                ),
-            )
-        except BaseException:
-            for capture in captures:
-                capture.close()
-            raise
-        out.start()
-        err.start()
-        self._running.add(proc)
-        timed_out = False
-        try:
-            try:
-                await asyncio.wait_for(proc.wait(), model.timeout(hook))
-            except TimeoutError:
-                timed_out = True
-                await self._terminate(proc)
-        except BaseException:
-            # Cancelled (or broken): nothing this hook started may outlive the run.
-            _kill_group(proc, signal.SIGKILL)
-            out.close()
-            err.close()
-            await _reap(proc)
-            raise
-        finally:
-            self._running.discard(proc)
+            return self._reported(report, _not_started(model, hook, error, started))
+        timed_out = await self._wait(proc, out, err, model.timeout(hook))
         result = HookResult(
             model=model.id,
             hook=hook,
@@ -258,6 +213,54 @@ class HookRunner:
             stderr=self._collect(err),
         )
         return self._reported(report, result)
+
+    async def _start_group(
+        self, model: ModelConfig, hook: HookName, cwd: Path
+    ) -> tuple[asyncio.subprocess.Process, _Capture, _Capture]:
+        """`sh -c` in a process group of its own, with our output pipes; none left open
+        if it cannot start."""
+        captures: list[_Capture] = []
+        try:
+            # The pipes too: creating them is where running out of fds shows first.
+            out = _Capture()
+            captures.append(out)
+            err = _Capture()
+            captures.append(err)
+            proc = await _spawn(model, hook, cwd, out, err, self._withheld)
+        except BaseException:
+            for capture in captures:
+                capture.close()
+            raise
+        return proc, out, err
+
+    async def _wait(
+        self,
+        proc: asyncio.subprocess.Process,
+        out: _Capture,
+        err: _Capture,
+        limit_secs: float,
+    ) -> bool:
+        """Collect the output while the hook runs, until it exits or for `limit_secs` (then its
+        group is terminated and reaped: True)."""
+        out.start()
+        err.start()
+        self._running.add(proc)
+        try:
+            try:
+                await asyncio.wait_for(proc.wait(), limit_secs)
+            except TimeoutError:
+                await self._terminate(proc)
+                return True
+            return False
+        except BaseException:
+            # Cancelled (or broken): nothing this hook started may outlive the run.
+            _kill_group(proc, signal.SIGKILL)
+            out.close()
+            err.close()
+            await _reap(proc)
+            raise
+        finally:
+            self._running.discard(proc)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         _kill_group(proc, signal.SIGTERM)
@@ -331,6 +334,24 @@ class HookRunner:
         await asyncio.gather(*(_reap(proc) for proc in running))
         for capture in list(self._drains):
             capture.close()
+
+
+def _not_started(
+    model: ModelConfig, hook: HookName, error: OSError | ValueError, started: float
+) -> HookResult:
+    exhausted = is_resource_error(error)
+    if exhausted:
+        log_resource_error(f"{hook} hook", error)
+    return HookResult(
+        model=model.id,
+        hook=hook,
+        returncode=None,
+        timed_out=False,
+        duration=time.monotonic() - started,
+        stdout="",
+        stderr=str(error),
+        resource_exhausted=exhausted,
+    )
 
 
 async def _spawn(

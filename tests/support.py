@@ -24,6 +24,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
 from aiollmux.app import MULTIPLEXER, build_app
 from aiollmux.config import Config, GroupConfig, ModelConfig, PolicyConfig, parse_config
@@ -233,19 +234,7 @@ def two_model_switcher(
         )
         for name, port in zip(("alpha", "beta"), ports, strict=True)
     }
-    config = PolicyConfig(**policy_options)
-    metrics = Metrics()
-    return Switcher(
-        group="default",
-        models=models,
-        policy_config=config,
-        policy=policy if policy is not None else load_policy(config),
-        hooks=HookRunner(metrics),
-        costs=SwitchCosts(),
-        metrics=metrics,
-        base_dir=tmp_path,
-        clock=clock if clock is not None else time.monotonic,
-    )
+    return _switcher(tmp_path, models, None, policy, clock, PolicyConfig(**policy_options))
 
 
 def budget_switcher(
@@ -279,7 +268,28 @@ def budget_switcher(
             alive=own["alive"],
             memory_gb=size,
         )
+    settings = GroupConfig(
+        name="default",
+        memory_gb=budget,
+        free_memory=free_memory,
+        free_memory_timeout_secs=free_memory_timeout_secs,
+    )
     config = PolicyConfig(**policy_options)
+    return _switcher(tmp_path, models, settings, policy, clock, config, costs, metrics)
+
+
+def _switcher(
+    tmp_path: Path,
+    models: dict[str, ModelConfig],
+    settings: GroupConfig | None,
+    policy: Policy | None,
+    clock: Callable[[], float] | None,
+    config: PolicyConfig,
+    costs: SwitchCosts | None = None,
+    metrics: Metrics | None = None,
+) -> Switcher:
+    """The group "default" of `models`, run from tmp_path; the policy `config` names
+    unless one is given, a private HookRunner, costs and metrics unless given."""
     metrics = metrics if metrics is not None else Metrics()
     return Switcher(
         group="default",
@@ -290,12 +300,7 @@ def budget_switcher(
         costs=costs if costs is not None else SwitchCosts(),
         metrics=metrics,
         base_dir=tmp_path,
-        settings=GroupConfig(
-            name="default",
-            memory_gb=budget,
-            free_memory=free_memory,
-            free_memory_timeout_secs=free_memory_timeout_secs,
-        ),
+        settings=settings,
         clock=clock if clock is not None else time.monotonic,
     )
 
@@ -381,17 +386,93 @@ async def running_daemon(config: Config) -> AsyncIterator[Daemon]:
         await runner.cleanup()
 
 
+def child_env(runtime_dir: Path) -> dict[str, str]:
+    """The environment of an `aiollmux` child process: this installation on PATH (hooks
+    call `aiollmux`), `runtime_dir` for its pidfiles, and none of the variables a daemon
+    sets for its hooks (`LLMUX_MODEL`, `LLMUX_PORT`) or that would pick another config
+    (`LLMUX_CONFIG`) or pidfile directory (`TMPDIR`)."""
+    runtime_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["XDG_RUNTIME_DIR"] = str(runtime_dir)
+    for name in ("LLMUX_CONFIG", "LLMUX_MODEL", "LLMUX_PORT", "TMPDIR"):
+        env.pop(name, None)
+    return env
+
+
+async def start_cli(*args: str, token: str | None = None) -> asyncio.subprocess.Process:
+    """`python -m aiollmux ARGS` with its output piped, and `token` (if any) as the only
+    admin token in its environment."""
+    env = {k: v for k, v in os.environ.items() if k != "LLMUX_ADMIN_TOKEN"}
+    if token is not None:
+        env["LLMUX_ADMIN_TOKEN"] = token
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "aiollmux", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )  # fmt: skip
+
+
+@dataclass
+class RawResponse:
+    status: int
+    headers: CIMultiDict[str]
+    body: bytes
+
+
+async def raw_exchange(url: str, request: bytes) -> RawResponse | None:
+    """Send `request` exactly as written on a fresh connection and read the whole answer;
+    None if the server closed the connection without answering."""
+    host, port = url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
+        except asyncio.IncompleteReadError:
+            return None
+        status_line, *lines = head.rstrip("\r\n").split("\r\n")
+        headers: CIMultiDict[str] = CIMultiDict()
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers.add(name.strip(), value.strip())
+        if headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = await _read_chunked(reader)
+        elif "Content-Length" in headers:
+            body = await reader.readexactly(int(headers["Content-Length"]))
+        else:
+            body = await reader.read()
+        return RawResponse(int(status_line.split()[1]), headers, body)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = b""
+    while True:
+        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+        if size == 0:
+            await reader.readuntil(b"\r\n")
+            return body
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+
+
 @dataclass
 class DaemonProcess:
-    """`aiollmux run` as a real child process, logging JSON lines to a file."""
+    """`aiollmux run` as a real child process, its output (stdout and stderr) in a file."""
 
     process: asyncio.subprocess.Process
     url: str
     log: Path
 
+    def lines(self) -> list[str]:
+        return self.log.read_text().splitlines()
+
     def events(self) -> list[dict[str, Any]]:
         records = []
-        for line in self.log.read_text().splitlines():
+        for line in self.lines():
             if line.startswith("{"):
                 records.append(json.loads(line))
         return records
@@ -405,25 +486,30 @@ def _listen_port(config_file: Path) -> int:
     return port
 
 
+JSON_LOGS = ("--log-format", "json", "-v")
+
+
 @asynccontextmanager
 async def daemon_process(
     config_file: Path,
     *,
+    options: tuple[str, ...] = JSON_LOGS,
     env: dict[str, str] | None = None,
+    cwd: Path | None = None,
     healthy: bool = True,
     preexec_fn: Callable[[], Any] | None = None,
 ) -> AsyncIterator[DaemonProcess]:
-    """Start `python -m aiollmux run` on `config_file`; yield once /health answers (at
-    once, if not `healthy`: to watch it start). `preexec_fn` runs in the child before
-    it starts (e.g. to lower its fd limit)."""
+    """Start `python -m aiollmux run -c config_file OPTIONS` (its port: the config's);
+    yield once /health answers (at once, if not `healthy`: to watch it start). `env`: the
+    child's whole environment (default: this process's); `preexec_fn` runs in the child
+    before it starts (e.g. to lower its fd limit)."""
     port = _listen_port(config_file)
     log = config_file.with_suffix(".log")
-    with log.open("wb") as stderr:
+    with log.open("wb") as output:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "aiollmux", "run", "-c", str(config_file),
-            "--log-format", "json", "-v",
-            stdin=asyncio.subprocess.DEVNULL, stdout=stderr, stderr=stderr,
-            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn,
+            sys.executable, "-m", "aiollmux", "run", "-c", str(config_file), *options,
+            stdin=asyncio.subprocess.DEVNULL, stdout=output, stderr=output,
+            env=env if env is not None else dict(os.environ), cwd=cwd, preexec_fn=preexec_fn,
         )  # fmt: skip
     daemon = DaemonProcess(process, f"http://127.0.0.1:{port}", log)
     try:
@@ -461,6 +547,7 @@ class Lab:
     expect_violations: bool = False
     expect_hook_overlap: bool = False
     groups: dict[str, str] = field(default_factory=dict)  # model → group, from config_text
+    configs_written: int = 0
 
     @property
     def journal(self) -> Journal:
@@ -479,8 +566,15 @@ class Lab:
             self.backends[model] = backend
 
     def config(self, **options: Any) -> Config:
+        """The config of `config_text(**options)`, written to a file of its own: a daemon
+        reads its `source` when its watcher starts and on each reload, and one config's
+        file never changes under the daemon of another (tests that edit a config write
+        their own, usually `llmux.toml`, and load it)."""
         text = self.config_text(**options)
-        return parse_config(text, str(self.tmp / "llmux.toml"), base_dir=self.tmp)
+        self.configs_written += 1
+        path = self.tmp / f"lab-{self.configs_written}.toml"
+        path.write_text(text)
+        return parse_config(text, str(path), base_dir=self.tmp)
 
     def config_text(
         self,

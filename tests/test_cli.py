@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import tomllib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ from aiollmux import __version__
 from aiollmux.cli import _reason, main
 from aiollmux.config import load_config, parse_config
 from aiollmux.tools.starter import starter_document
-from tests.support import free_port, process_gone
+from tests.support import child_env, daemon_process, free_port, process_gone
 
 REPO = Path(__file__).resolve().parents[1]
 HOOKS = 'wake = "true"\nsleep = "true"\nalive = "true"\n'
@@ -286,17 +286,6 @@ def test_listen_errors_read_like_the_os(error: OSError, reason: str) -> None:
 # -- run, as a real subprocess ----------------------------------------------------------------
 
 
-def child_env(tmp_path: Path) -> dict[str, str]:
-    """The daemon's environment: `aiollmux` on PATH for the hooks, private pidfiles."""
-    runtime = tmp_path / "runtime"
-    runtime.mkdir(exist_ok=True)
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    env["XDG_RUNTIME_DIR"] = str(runtime)
-    env.pop("LLMUX_CONFIG", None)
-    return env
-
-
 def pidfile(tmp_path: Path, port: int) -> Path:
     return tmp_path / "runtime" / f"aiollmux-demo-{os.getuid()}" / f"{port}.pid"
 
@@ -317,55 +306,9 @@ def demo_config(tmp_path: Path) -> tuple[Path, dict[str, int]]:
 def stop_demo_backend(tmp_path: Path, port: int) -> subprocess.CompletedProcess[str]:
     command = ["aiollmux", "demo-backend", "--stop", "--port", str(port)]
     return subprocess.run(
-        command, env=child_env(tmp_path), capture_output=True, text=True,
+        command, env=child_env(tmp_path / "runtime"), capture_output=True, text=True,
         timeout=CHILD_DEADLINE_SECS, check=False,
     )  # fmt: skip
-
-
-@dataclasses.dataclass
-class DaemonProcess:
-    proc: asyncio.subprocess.Process
-    url: str
-    stderr: list[str]
-
-
-async def _collect(
-    stream: asyncio.StreamReader, lines: list[str], listening: asyncio.Event
-) -> None:
-    async for raw in stream:
-        line = raw.decode().rstrip("\n")
-        lines.append(line)
-        if "listening on http://" in line:
-            listening.set()
-
-
-@contextlib.asynccontextmanager
-async def daemon_process(tmp_path: Path, *args: str) -> AsyncIterator[DaemonProcess]:
-    """`python -m aiollmux run …`, yielded once it logs that it listens."""
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aiollmux", "run", "-p", str(port), *args,
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env=child_env(tmp_path), cwd=tmp_path,
-    )  # fmt: skip
-    assert proc.stderr is not None
-    lines: list[str] = []
-    listening = asyncio.Event()
-    reader = asyncio.create_task(_collect(proc.stderr, lines, listening))
-    try:
-        async with asyncio.timeout(CHILD_DEADLINE_SECS):
-            # Listening, or the output ended because the daemon died.
-            await asyncio.wait(
-                [asyncio.create_task(listening.wait()), reader],
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        assert listening.is_set(), "\n".join(lines)
-        yield DaemonProcess(proc, f"http://127.0.0.1:{port}", lines)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-        await reader
 
 
 async def chat(client: aiohttp.ClientSession, url: str, model: str, **extra: Any) -> str:
@@ -380,7 +323,12 @@ async def test_run_serves_the_demo_config(tmp_path: Path, log_format: str) -> No
     config, ports = demo_config(tmp_path)
     try:
         async with (
-            daemon_process(tmp_path, "-c", str(config), "--log-format", log_format) as daemon,
+            daemon_process(
+                config,
+                options=("--log-format", log_format),
+                env=child_env(tmp_path / "runtime"),
+                cwd=tmp_path,
+            ) as daemon,
             aiohttp.ClientSession() as client,
         ):
             async with client.get(f"{daemon.url}/health") as response:
@@ -404,19 +352,20 @@ async def test_run_serves_the_demo_config(tmp_path: Path, log_format: str) -> No
             # demo-large was put to sleep by the last switch; demo-small is awake.
             assert not pidfile(tmp_path, ports["demo-large"]).exists()
             awake_pid = int(pidfile(tmp_path, ports["demo-small"]).read_text())
-            daemon.proc.send_signal(signal.SIGTERM)
+            daemon.process.send_signal(signal.SIGTERM)
             async with asyncio.timeout(CHILD_DEADLINE_SECS):
-                assert await daemon.proc.wait() == 0
-        assert "Traceback" not in "\n".join(daemon.stderr)
+                assert await daemon.process.wait() == 0
+        output = daemon.lines()
+        assert "Traceback" not in "\n".join(output)
         if log_format == "json":
-            records = [json.loads(line) for line in daemon.stderr]
+            records = [json.loads(line) for line in output]
             assert all(isinstance(record, dict) for record in records)
             events_seen = [record.get("event") for record in records]
             assert "switch_started" in events_seen
             activated = [r["to"] for r in records if r.get("event") == "model_activated"]
             assert activated == ["demo-small", "demo-large", "demo-small"]
         else:
-            assert sum("[model_activated]" in line for line in daemon.stderr) == 3
+            assert sum("[model_activated]" in line for line in output) == 3
     finally:
         stopped = [stop_demo_backend(tmp_path, port) for port in ports.values()]
     assert [(s.returncode, s.stderr) for s in stopped] == [(0, ""), (0, "")]
@@ -428,7 +377,7 @@ def test_run_subprocess_rejects_an_invalid_config(tmp_path: Path) -> None:
     config = write(tmp_path / "llmux.toml", f'[models.llama]\nport = "8001"\n{HOOKS}')
     result = subprocess.run(
         [sys.executable, "-m", "aiollmux", "run", "-c", str(config), "-p", str(free_port())],
-        env=child_env(tmp_path), capture_output=True, text=True,
+        env=child_env(tmp_path / "runtime"), capture_output=True, text=True,
         timeout=CHILD_DEADLINE_SECS, check=False,
     )  # fmt: skip
     assert result.returncode == 2

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from aiollmux.cli import main
 from aiollmux.tools import demo_control
 from aiollmux.tools.demo_backend import DemoSettings, build_demo_app, serve_demo
-from tests.support import free_port, process_gone
+from tests.support import child_env, free_port, process_gone
 
 CHILD_DEADLINE_SECS = 30.0  # a bound on a child process; tests wait on its output instead
 REPLY = "Hello from m! This is a demo backend, not a real model. You said: tell me a story"
@@ -163,14 +163,6 @@ class Outcome:
 
 
 Demo = Callable[..., Outcome]
-
-
-def child_env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["XDG_RUNTIME_DIR"] = str(tmp_path)
-    for name in ("LLMUX_MODEL", "LLMUX_PORT", "TMPDIR"):
-        env.pop(name, None)
-    return env
 
 
 def in_subprocess(env: dict[str, str], *args: str) -> Outcome:

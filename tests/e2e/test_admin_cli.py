@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 from click.testing import CliRunner
 
 from aiollmux.cli import main
 from aiollmux.config import load_config
-from tests.support import Daemon, Lab, running_daemon
+from tests.support import Daemon, Lab, running_daemon, start_cli
 
 
 async def _cli(*args: str, token: str | None = None) -> tuple[int, str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "LLMUX_ADMIN_TOKEN"}
-    if token is not None:
-        env["LLMUX_ADMIN_TOKEN"] = token
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aiollmux", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
+    process = await start_cli(*args, token=token)
     out, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()

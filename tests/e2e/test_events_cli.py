@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from tests.support import Daemon, Lab, running_daemon
+from tests.support import Daemon, Lab, running_daemon, start_cli
 
 
 class Follower:
@@ -34,13 +32,7 @@ class Follower:
 
 @asynccontextmanager
 async def following(*args: str, token: str | None = None) -> AsyncIterator[Follower]:
-    env = {k: v for k, v in os.environ.items() if k != "LLMUX_ADMIN_TOKEN"}
-    if token is not None:
-        env["LLMUX_ADMIN_TOKEN"] = token
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "aiollmux", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )  # fmt: skip
+    process = await start_cli(*args, token=token)
     try:
         yield Follower(process)
     finally:

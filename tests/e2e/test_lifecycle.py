@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import socket
 import sys
@@ -184,7 +185,7 @@ async def test_systemd_readiness_and_stopping(lab: Lab) -> None:
         listener.bind(address)
         listener.setblocking(False)
         loop = asyncio.get_running_loop()
-        async with daemon_process(config, env={"NOTIFY_SOCKET": address}) as daemon:
+        async with daemon_process(config, env={**os.environ, "NOTIFY_SOCKET": address}) as daemon:
             ready = await asyncio.wait_for(loop.sock_recv(listener, 1024), 10)
             assert ready == b"READY=1"
             daemon.process.send_signal(signal.SIGHUP)

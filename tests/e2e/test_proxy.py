@@ -20,7 +20,14 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from aiollmux.app import _is_loopback
-from tests.support import Daemon, FakeBackend, Lab, free_port, running_daemon
+from tests.support import (
+    Daemon,
+    FakeBackend,
+    Lab,
+    free_port,
+    raw_exchange,
+    running_daemon,
+)
 
 # docs/design.md §5: each error code's HTTP status; 4xx are `invalid_request_error`.
 ERROR_STATUS = {
@@ -118,49 +125,6 @@ async def daemon(lab: Lab, alpha: SpecialBackend) -> AsyncIterator[Daemon]:
     assert lab.violations() == []
 
 
-@dataclass
-class RawResponse:
-    status: int
-    headers: CIMultiDict[str]
-    body: bytes
-
-
-async def raw_exchange(url: str, request: bytes) -> RawResponse:
-    """Send `request` exactly as written on a fresh connection and read the whole answer."""
-    host, port = url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(request)
-        await writer.drain()
-        head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1")
-        status_line, *lines = head.rstrip("\r\n").split("\r\n")
-        headers: CIMultiDict[str] = CIMultiDict()
-        for line in lines:
-            name, _, value = line.partition(":")
-            headers.add(name.strip(), value.strip())
-        if headers.get("Transfer-Encoding", "").lower() == "chunked":
-            body = await _read_chunked(reader)
-        elif "Content-Length" in headers:
-            body = await reader.readexactly(int(headers["Content-Length"]))
-        else:
-            body = await reader.read()
-        return RawResponse(int(status_line.split()[1]), headers, body)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-
-
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
-    body = b""
-    while True:
-        size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-        if size == 0:
-            await reader.readuntil(b"\r\n")
-            return body
-        body += await reader.readexactly(size)
-        await reader.readexactly(2)
-
-
 def chunked(body: bytes, size: int) -> bytes:
     pieces = [body[i : i + size] for i in range(0, len(body), size)]
     return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
@@ -212,6 +176,7 @@ async def test_request_hop_by_hop_headers_are_dropped(
         b"\r\n" + chunked(body, 7)
     )
     response = await raw_exchange(daemon.url, request)
+    assert response is not None
     assert response.status == 200
     assert json.loads(response.body)["model"] == "alpha"
     assert alpha.requests[-1]["body"] == body
@@ -278,11 +243,13 @@ async def test_response_headers_pass_and_hop_by_hop_ones_are_dropped(daemon: Dae
         b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
     )
     proxied = await raw_exchange(daemon.url, request)
+    assert proxied is not None
     assert proxied.status == 200
     assert proxied.body == b"headers"
     # The backend really sends them (the model is awake now), so their absence means something.
     port = daemon.mux.config.models["alpha"].port
     direct = await raw_exchange(f"http://127.0.0.1:{port}", request)
+    assert direct is not None
     hop_by_hop = ("Keep-Alive", "X-Hop-Reply", "Proxy-Authenticate", "Upgrade", "Trailer")
     for name in hop_by_hop:
         assert name in direct.headers, name

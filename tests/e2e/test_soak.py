@@ -328,7 +328,7 @@ async def test_soak_leaves_nothing_behind(lab: Lab) -> None:
     )
     tag = uuid.uuid4().hex
     try:
-        async with daemon_process(config, env={"AIOLLMUX_SOAK_TAG": tag}) as daemon:
+        async with daemon_process(config, env={**os.environ, "AIOLLMUX_SOAK_TAG": tag}) as daemon:
             soak = await run_soak(lab, daemon, backends, rng)
             await assert_nothing_left(lab, daemon, tag, soak)
             daemon.process.send_signal(signal.SIGTERM)
