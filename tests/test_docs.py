@@ -122,6 +122,8 @@ def _texts() -> list[tuple[Path, str]]:
         for path in sorted((REPO / top).rglob("*")):
             if path.is_file() and path.suffix in suffixes and "__pycache__" not in path.parts:
                 found.append((path, path.read_text(errors="replace")))
+    for path in (REPO / ".ci" / "run", REPO / "README.md", REPO / "pyproject.toml"):
+        found.append((path, path.read_text(errors="replace")))
     return found
 
 
