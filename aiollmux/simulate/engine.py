@@ -402,7 +402,7 @@ class Simulation:
         assert switch.hooks_started is not None
         if switch.source is not None:
             self.models[switch.source].draining = False
-        self.costs.record(switch.source, switch.target, self.now - switch.started)
+        self.costs.record(switch.source, switch.target, self.now - switch.hooks_started)
         self.switches.append(
             SwitchRecord(
                 source=switch.source,
