@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from aiollmux import __version__
-from aiollmux.config import DEFAULT_PATH, Config, config_warnings, load_config
+from aiollmux.config import DEFAULT_PATH, Config, config_warnings, defaults, load_config
 from aiollmux.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -316,7 +316,7 @@ def _serve_demo(settings: DemoSettings, ready_fd: int | None) -> None:
 url_option = click.option(
     "--url",
     envvar="LLMUX_URL",
-    default="http://127.0.0.1:3000",
+    default="http://{host}:{port}".format_map(defaults(Config)),
     show_default=True,
     help="Where aiollmux listens (or $LLMUX_URL); the token comes from $LLMUX_ADMIN_TOKEN.",
 )
