@@ -189,8 +189,8 @@ def defaults(table: type) -> dict[str, Any]:
     """key -> default, for every key of `table` (a class of `TABLE_KEYS`) that has one.
 
     The dataclass field defaults above are the one place a default is written: the parser,
-    `aiollmux init`'s starter file and the docs test read them here. A key missing from the
-    result is required."""
+    `aiollmux init`'s starter file, `aiollmux check --settings` and the docs test read them
+    here. A key missing from the result is required."""
     found: dict[str, Any] = {}
     for item in fields(table):
         if item.name not in TABLE_KEYS[table]:
@@ -332,6 +332,11 @@ class _Table:
         if not isinstance(value, dict):
             raise self.error(name, f"expected a table, got {_describe(value)}")
         return _Table(self.source, self.key(name), value, of)
+
+
+def key_path(*names: str) -> str:
+    """A key path as errors and `aiollmux check` write it: `models."Qwen/Qwen2.5-7B".port`."""
+    return ".".join(_quote_key(name) for name in names)
 
 
 def _quote_key(name: str) -> str:
