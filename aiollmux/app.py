@@ -40,7 +40,7 @@ from aiollmux.multiplexer import Multiplexer
 from aiollmux.paths import check_any_model, check_model, decoded_path, request_target
 from aiollmux.proxy import ClientGone, Proxy
 from aiollmux.reload import Reloader
-from aiollmux.request_body import decoded_body, find_model, find_model_quickly
+from aiollmux.request_body import decoded_body, find_model, find_model_quickly, parse_json
 from aiollmux.status_page import ui_asset, ui_not_found, ui_page, ui_redirect
 
 logger = logging.getLogger(__name__)
@@ -372,13 +372,10 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
     if not request.can_read_body:
         return {}
     # Bytes, not request.json(): an unknown charset parameter would be a LookupError.
-    # json.loads detects UTF-8/16/32 and skips a UTF-8 byte order mark.
+    # Read as proxied bodies are: UTF-8, a byte order mark ignored (RFC 8259 §8.1).
     config = request.app[MULTIPLEXER].config
     body = await read_body(request, ADMIN_BODY_LIMIT, config.client_body_timeout_secs)
-    try:
-        document = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
+    document = parse_json(body)
     if not isinstance(document, dict):
         raise InvalidJSON("the request body must be a JSON object")
     return document

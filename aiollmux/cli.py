@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from aiollmux import __version__
-from aiollmux.config import DEFAULT_PATH, Config, config_warnings, load_config
+from aiollmux.config import DEFAULT_PATH, Config, config_warnings, defaults, load_config
 from aiollmux.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -111,7 +111,13 @@ def run(
 
 @main.command()
 @config_option
-def check(config_path: str) -> None:
+@click.option(
+    "--settings",
+    "show_settings",
+    is_flag=True,
+    help="Also print every setting in force, marking those left at their defaults.",
+)
+def check(config_path: str, show_settings: bool) -> None:
     """Validate the configuration and print a summary (exit 0 if valid, 2 if not)."""
     config = _load(config_path)
     click.echo(f"{config.source}: OK")
@@ -122,6 +128,12 @@ def check(config_path: str) -> None:
         group = f" [group {model.group}]" if model.group != "default" else ""
         preset = f" (preset {model.preset})" if model.preset else ""
         click.echo(f"  model {model.id}: port {model.port}{group}{preset}{aliases}")
+    if show_settings:
+        from aiollmux.config_settings import settings_lines
+
+        click.echo("settings:")
+        for line in settings_lines(config):
+            click.echo(f"  {line}")
     for warning in config_warnings(config):
         click.echo(f"warning: {warning}", err=True)
 
@@ -316,7 +328,7 @@ def _serve_demo(settings: DemoSettings, ready_fd: int | None) -> None:
 url_option = click.option(
     "--url",
     envvar="LLMUX_URL",
-    default="http://127.0.0.1:3000",
+    default="http://{host}:{port}".format_map(defaults(Config)),
     show_default=True,
     help="Where aiollmux listens (or $LLMUX_URL); the token comes from $LLMUX_ADMIN_TOKEN.",
 )

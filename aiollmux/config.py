@@ -17,7 +17,7 @@ import stat
 import string
 import tomllib
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -176,13 +176,45 @@ class Config:
         return None
 
 
-class _Table:
-    """Typed reads from one TOML table; every error names the full key path."""
+# The dataclass of each table and the keys it may hold: a key's default is its field's.
+TABLE_KEYS: Final[Mapping[type, tuple[str, ...]]] = {
+    Config: ROOT_KEYS,
+    PolicyConfig: POLICY_KEYS,
+    ModelConfig: MODEL_KEYS,
+    GroupConfig: GROUP_KEYS,
+}
 
-    def __init__(self, source: str, path: str, data: Mapping[str, Any]) -> None:
+
+def defaults(table: type) -> dict[str, Any]:
+    """key -> default, for every key of `table` (a class of `TABLE_KEYS`) that has one.
+
+    The dataclass field defaults above are the one place a default is written: the parser,
+    `aiollmux init`'s starter file, `aiollmux check --settings` and the docs test read them
+    here. A key missing from the result is required."""
+    found: dict[str, Any] = {}
+    for item in fields(table):
+        if item.name not in TABLE_KEYS[table]:
+            continue
+        if item.default is not MISSING:
+            found[item.name] = item.default
+        elif item.default_factory is not MISSING:
+            found[item.name] = item.default_factory()
+    return found
+
+
+class _Table:
+    """Typed reads from one TOML table; every error names the full key path.
+
+    `of` is the dataclass the table is parsed into: a key left out takes its field's
+    default (no default: the key is required)."""
+
+    def __init__(
+        self, source: str, path: str, data: Mapping[str, Any], of: type | None = None
+    ) -> None:
         self.source = source
         self.path = path
         self.data = data
+        self.defaults = {} if of is None else defaults(of)
 
     def key(self, name: str) -> str:
         return f"{self.path}.{_quote_key(name)}" if self.path else _quote_key(name)
@@ -201,10 +233,11 @@ class _Table:
                 )
                 raise self.error(name, f"unknown key; {hint}")
 
-    def string(self, name: str, default: str | None, *, what: str = "a string") -> str:
-        """A non-blank string; `default=None` makes the key required."""
+    def string(self, name: str, *, what: str = "a string", default: str | None = None) -> str:
+        """A non-blank string; without a `default` (here or on the field) it is required."""
         value = self.data.get(name)
         if value is None:
+            default = self.defaults.get(name) if default is None else default
             if default is None:
                 raise self.error(name, f"is required: expected {what}")
             return default
@@ -217,23 +250,26 @@ class _Table:
         return value
 
     def optional_string(self, name: str) -> str | None:
-        return None if name not in self.data else self.string(name, None)
+        """A string, or its field's default (None: not set) when left out."""
+        if name not in self.data:
+            default: str | None = self.defaults.get(name)
+            return default
+        return self.string(name)
 
-    def boolean(self, name: str, default: bool) -> bool:
+    def boolean(self, name: str) -> bool:
         value = self.data.get(name)
         if value is None:
+            default: bool = self.defaults[name]
             return default
         if not isinstance(value, bool):
             raise self.error(name, f"expected true or false, got {_describe(value)}")
         return value
 
-    def number(
-        self, name: str, default: float, *, positive: bool = False, maximum: float | None = None
-    ) -> float:
+    def number(self, name: str, *, positive: bool = False, maximum: float | None = None) -> float:
         """A finite number of seconds (or MB): 0 or more, or more than 0 if `positive`."""
         value = self.data.get(name)
         if value is None:
-            return default
+            return float(self.defaults[name])
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(name, f"expected a number, got {_describe(value)}")
         if isinstance(value, int) and value not in _INT64:
@@ -249,15 +285,18 @@ class _Table:
         return float(value)
 
     def optional_number(self, name: str, *, positive: bool = False) -> float | None:
+        """A number, or its field's default (None: not set) when left out."""
         if self.data.get(name) is None:
-            return None
-        return self.number(name, 0.0, positive=positive)
+            default: float | None = self.defaults.get(name)
+            return default
+        return self.number(name, positive=positive)
 
-    def integer(self, name: str, default: int | None, *, low: int, high: int) -> int:
-        """A whole number in [low, high]; `default=None` makes the key required."""
+    def integer(self, name: str, *, low: int, high: int) -> int:
+        """A whole number in [low, high]; required if its field has no default."""
         expected = f"a whole number from {low} to {high}"
         value = self.data.get(name)
         if value is None:
+            default: int | None = self.defaults.get(name)
             if default is None:
                 raise self.error(name, f"is required: expected {expected}")
             return default
@@ -272,7 +311,8 @@ class _Table:
     def string_list(self, name: str) -> tuple[str, ...]:
         value = self.data.get(name)
         if value is None:
-            return ()
+            default: tuple[str, ...] = self.defaults[name]
+            return default
         if not isinstance(value, list):
             raise self.error(name, f"expected a list of strings, got {_describe(value)}")
         for index, item in enumerate(value):
@@ -287,11 +327,16 @@ class _Table:
     def item_error(self, name: str, index: int, message: str) -> ConfigError:
         return ConfigError(self.source, f"{self.key(name)}[{index}]", message)
 
-    def table(self, name: str) -> _Table:
+    def table(self, name: str, of: type | None = None) -> _Table:
         value = self.data.get(name, {})
         if not isinstance(value, dict):
             raise self.error(name, f"expected a table, got {_describe(value)}")
-        return _Table(self.source, self.key(name), value)
+        return _Table(self.source, self.key(name), value, of)
+
+
+def key_path(*names: str) -> str:
+    """A key path as errors and `aiollmux check` write it: `models."Qwen/Qwen2.5-7B".port`."""
+    return ".".join(_quote_key(name) for name in names)
 
 
 def _quote_key(name: str) -> str:
@@ -331,31 +376,31 @@ def parse_config(text: str, source: str = "<string>", base_dir: Path | None = No
         raise ConfigError(source, "", "invalid TOML: nested too deeply") from None
     except ValueError as exc:  # e.g. Python's limit on the digits of an int
         raise ConfigError(source, "", f"invalid TOML: {exc}") from None
-    root = _Table(source, "", data)
+    root = _Table(source, "", data, Config)
     root.only(ROOT_KEYS)
-    port = root.integer("port", 3000, low=1, high=65535)
+    port = root.integer("port", low=1, high=65535)
     groups = _parse_groups(root.table("groups"))
     return Config(
         source=source,
         base_dir=base_dir if base_dir is not None else Path.cwd(),
-        host=root.string("host", "127.0.0.1", what="a listen address"),
+        host=root.string("host", what="a listen address"),
         port=port,
         max_request_body_mb=root.number(
-            "max_request_body_mb", 64.0, positive=True, maximum=MAX_REQUEST_BODY_MB
+            "max_request_body_mb", positive=True, maximum=MAX_REQUEST_BODY_MB
         ),
-        shutdown_timeout_secs=root.number("shutdown_timeout_secs", 30.0),
-        sleep_on_shutdown=root.boolean("sleep_on_shutdown", False),
-        alive_interval_secs=root.number("alive_interval_secs", 30.0),
+        shutdown_timeout_secs=root.number("shutdown_timeout_secs"),
+        sleep_on_shutdown=root.boolean("sleep_on_shutdown"),
+        alive_interval_secs=root.number("alive_interval_secs"),
         api_keys=root.string_list("api_keys"),
         admin_token=root.optional_string("admin_token"),
-        proxy_paths=_proxy_paths(root, default=DEFAULT_PROXY_PATHS),
-        client_header_timeout_secs=root.number("client_header_timeout_secs", 60.0, positive=True),
-        client_body_timeout_secs=root.number("client_body_timeout_secs", 60.0, positive=True),
-        send_timeout_secs=root.number("send_timeout_secs", 60.0, positive=True),
-        keepalive_timeout_secs=root.number("keepalive_timeout_secs", 75.0, positive=True),
-        max_connections=root.integer("max_connections", 2048, low=1, high=MAX_CONNECTIONS_LIMIT),
-        backlog=root.integer("backlog", 2048, low=1, high=MAX_BACKLOG),
-        policy=_parse_policy(root.table("policy")),
+        proxy_paths=_proxy_paths(root),
+        client_header_timeout_secs=root.number("client_header_timeout_secs", positive=True),
+        client_body_timeout_secs=root.number("client_body_timeout_secs", positive=True),
+        send_timeout_secs=root.number("send_timeout_secs", positive=True),
+        keepalive_timeout_secs=root.number("keepalive_timeout_secs", positive=True),
+        max_connections=root.integer("max_connections", low=1, high=MAX_CONNECTIONS_LIMIT),
+        backlog=root.integer("backlog", low=1, high=MAX_BACKLOG),
+        policy=_parse_policy(root.table("policy", PolicyConfig)),
         groups=groups,
         models=_parse_models(root.table("models"), groups, own_port=port),
     )
@@ -363,7 +408,7 @@ def parse_config(text: str, source: str = "<string>", base_dir: Path | None = No
 
 def _parse_policy(table: _Table) -> PolicyConfig:
     table.only(POLICY_KEYS)
-    name = table.string("name", "fifo", what="a policy name")
+    name = table.string("name", what="a policy name")
     if name not in BUILTIN_POLICIES:
         expected = f"expected one of {', '.join(BUILTIN_POLICIES)} or 'package.module:ClassName'"
         if ":" not in name:
@@ -375,23 +420,23 @@ def _parse_policy(table: _Table) -> PolicyConfig:
         # Omitted means unlimited (docs/design.md §2): the request still ends, bounded by the
         # wake hook's own timeout. The starter config sets 300 explicitly.
         request_timeout_secs=table.optional_number("request_timeout_secs", positive=True),
-        drain_before_switch=table.boolean("drain_before_switch", True),
-        min_active_secs=table.number("min_active_secs", 0.0),
-        drain_timeout_secs=table.number("drain_timeout_secs", 0.0),
-        idle_sleep_secs=table.number("idle_sleep_secs", 0.0),
-        max_queued_requests=table.integer("max_queued_requests", 0, low=0, high=1_000_000),
-        max_wait_secs=table.number("max_wait_secs", 120.0, positive=True),
-        staleness_factor=table.number("staleness_factor", 5.0),
-        coalesce_ms=table.number("coalesce_ms", 200.0, maximum=MAX_COALESCE_MS),
-        linger_factor=table.number("linger_factor", 0.5),
-        initial_switch_cost_secs=table.number("initial_switch_cost_secs", 10.0),
+        drain_before_switch=table.boolean("drain_before_switch"),
+        min_active_secs=table.number("min_active_secs"),
+        drain_timeout_secs=table.number("drain_timeout_secs"),
+        idle_sleep_secs=table.number("idle_sleep_secs"),
+        max_queued_requests=table.integer("max_queued_requests", low=0, high=1_000_000),
+        max_wait_secs=table.number("max_wait_secs", positive=True),
+        staleness_factor=table.number("staleness_factor"),
+        coalesce_ms=table.number("coalesce_ms", maximum=MAX_COALESCE_MS),
+        linger_factor=table.number("linger_factor"),
+        initial_switch_cost_secs=table.number("initial_switch_cost_secs"),
     )
 
 
 def parse_policy(data: Mapping[str, Any], source: str) -> PolicyConfig:
     """A `[policy]` table given as a mapping (e.g. `aiollmux simulate --set`), validated
     exactly as in a configuration file."""
-    return _parse_policy(_Table(source, "policy", data))
+    return _parse_policy(_Table(source, "policy", data, PolicyConfig))
 
 
 def _looks_like_import_path(name: str) -> bool:
@@ -402,7 +447,7 @@ def _looks_like_import_path(name: str) -> bool:
 def _parse_groups(table: _Table) -> dict[str, GroupConfig]:
     groups = {DEFAULT_GROUP: GroupConfig(name=DEFAULT_GROUP)}
     for name in table.data:
-        entry = table.table(name)
+        entry = table.table(name, GroupConfig)
         if not name.strip():
             raise ConfigError(table.source, entry.path, "a group name must not be empty")
         entry.only(GROUP_KEYS)
@@ -417,11 +462,11 @@ def _parse_groups(table: _Table) -> dict[str, GroupConfig]:
             )
         groups[name] = GroupConfig(
             name=name,
-            exclusive=entry.boolean("exclusive", False),
-            persistent=entry.boolean("persistent", False),
+            exclusive=entry.boolean("exclusive"),
+            persistent=entry.boolean("persistent"),
             memory_gb=memory,
             free_memory=free_memory,
-            free_memory_timeout_secs=entry.number("free_memory_timeout_secs", 60.0, positive=True),
+            free_memory_timeout_secs=entry.number("free_memory_timeout_secs", positive=True),
         )
     return groups
 
@@ -436,7 +481,7 @@ def _parse_models(
     models: dict[str, ModelConfig] = {}
     ports: dict[int, str] = {}
     for model_id in table.data:
-        entry = table.table(model_id)
+        entry = table.table(model_id, ModelConfig)
         if not model_id.strip():
             raise ConfigError(table.source, entry.path, "a model id must not be empty")
         if "\0" in model_id:  # hooks get it in LLMUX_MODEL
@@ -485,7 +530,7 @@ def _parse_model(model_id: str, entry: _Table, groups: Mapping[str, GroupConfig]
             )
     entry.only(MODEL_KEYS)
     command = "a hook command (a script path or inline shell)"
-    group = entry.string("group", DEFAULT_GROUP, what="a group name")
+    group = entry.string("group", what="a group name")
     if group not in groups:
         declared = ", ".join(sorted(groups))
         raise entry.error(
@@ -496,22 +541,21 @@ def _parse_model(model_id: str, entry: _Table, groups: Mapping[str, GroupConfig]
     preset = _parse_preset(entry)
     return ModelConfig(
         id=model_id,
-        port=entry.integer("port", None, low=1, high=65535),
-        wake=entry.string("wake", _preset_hook(preset, "wake"), what=command),
-        sleep=entry.string("sleep", _preset_hook(preset, "sleep"), what=command),
-        alive=entry.string("alive", _preset_hook(preset, "alive"), what=command),
+        port=entry.integer("port", low=1, high=65535),
+        wake=entry.string("wake", what=command, default=_preset_hook(preset, "wake")),
+        sleep=entry.string("sleep", what=command, default=_preset_hook(preset, "sleep")),
+        alive=entry.string("alive", what=command, default=_preset_hook(preset, "alive")),
         preset=None if preset is None else preset.name,
         env=_parse_env(entry.table("env")),
-        wake_timeout_secs=entry.number("wake_timeout_secs", 600.0, positive=True),
-        sleep_timeout_secs=entry.number("sleep_timeout_secs", 120.0, positive=True),
-        alive_timeout_secs=entry.number("alive_timeout_secs", 10.0, positive=True),
+        wake_timeout_secs=entry.number("wake_timeout_secs", positive=True),
+        sleep_timeout_secs=entry.number("sleep_timeout_secs", positive=True),
+        alive_timeout_secs=entry.number("alive_timeout_secs", positive=True),
         aliases=entry.string_list("aliases"),
         upstream_model=entry.optional_string("upstream_model"),
         group=group,
         memory_gb=_model_memory(entry, groups[group]),
         # The preset's engine's native inference paths come with it (docs/design.md §5, §14).
-        proxy_paths=_proxy_paths(entry, default=())
-        + (() if preset is None else preset.proxy_paths),
+        proxy_paths=_proxy_paths(entry) + (() if preset is None else preset.proxy_paths),
     )
 
 
@@ -576,10 +620,8 @@ def _parse_env(table: _Table) -> dict[str, str]:
     return env
 
 
-def _proxy_paths(table: _Table, *, default: tuple[str, ...]) -> tuple[str, ...]:
+def _proxy_paths(table: _Table) -> tuple[str, ...]:
     """Path prefixes, each starting with '/' and free of dot-segments and of `?`/`#`."""
-    if "proxy_paths" not in table.data:
-        return default
     paths = table.string_list("proxy_paths")
     for index, path in enumerate(paths):
         if not path.startswith("/"):

@@ -9,6 +9,7 @@ so `upstream_model` can be spliced in without re-encoding the body.
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 import zlib
@@ -155,7 +156,7 @@ def _find_json(body: bytes, *, walk: bool = True) -> ModelField | None:
     if len(body) <= VALIDATE_LIMIT:
         # Small bodies: json.loads validates and names the model; a second "model" key
         # (which json.loads would silently let win) is refused by a walk.
-        document = _parse(body)
+        document = parse_json(body)
         if repeated:
             _scan(body, exhaustive=True)
         return _from_document(document)
@@ -200,13 +201,31 @@ def _from_document(document: object) -> ModelField:
     return ModelField(name, -1, -1, json_string=True)
 
 
-def _parse(body: bytes) -> object:
-    # JSON on the wire is UTF-8 (RFC 8259 §8.1): no UTF-16/32 guessing as json.loads(bytes) does.
-    if body.startswith(_BOM):
-        body = body[len(_BOM) :]
+_WIDE_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)
+UTF8_RULE = "JSON exchanged between systems must be UTF-8 (RFC 8259 §8.1)"
+
+
+def parse_json(body: bytes) -> object:
+    """A JSON request body, proxied or admin, read one way: UTF-8, a leading byte order mark
+    ignored (RFC 8259 §8.1). UTF-16/32, which `json.loads(bytes)` would guess, is
+    `InvalidJSON` naming that rule."""
+    skipped = len(_BOM) if body.startswith(_BOM) else 0
+    body = body[skipped:]
+    # UTF-8 JSON has no NUL byte outside a string, and none can open it: UTF-16/32 text does.
+    if body.startswith(_WIDE_BOMS) or b"\0" in body[:4]:
+        raise InvalidJSON(
+            f"the request body is not valid JSON: it looks like UTF-16 or UTF-32; {UTF8_RULE}"
+        )
     try:
-        return json.loads(body.decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"byte {skipped + exc.start}: {exc.reason}"
+        raise InvalidJSON(
+            f"the request body is not valid JSON: it is not UTF-8 ({where}); {UTF8_RULE}"
+        ) from None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
         raise InvalidJSON(f"the request body is not valid JSON: {exc}") from None
 
 
