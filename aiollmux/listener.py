@@ -42,11 +42,12 @@ _limited = RateLimitedLog(logger, 10.0)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClientLimits:
-    """The limits a new connection gets (read at each accept: a reload applies to new ones)."""
+    """The limits a new connection gets (read at each accept: a reload applies to new ones).
+    No defaults here: they are the config's (`server.make_site` fills them in)."""
 
-    header_timeout: float = 60.0
-    send_timeout: float = 60.0
-    max_connections: int = 2048
+    header_timeout: float
+    send_timeout: float
+    max_connections: int
 
 
 def raise_fd_limit() -> tuple[int, int]:
@@ -206,8 +207,8 @@ class LimitedSite(web.BaseSite):
         host: str,
         port: int,
         *,
-        backlog: int = 2048,
-        limits: Callable[[], ClientLimits] = ClientLimits,
+        backlog: int,
+        limits: Callable[[], ClientLimits],
     ) -> None:
         super().__init__(runner, backlog=backlog)
         self._host = host

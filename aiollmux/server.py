@@ -30,7 +30,7 @@ FORCED_EXIT_STATUS = 130
 
 
 def make_runner(
-    app: web.Application, *, shutdown_timeout: float, keepalive_timeout: float = 75.0
+    app: web.Application, *, shutdown_timeout: float, keepalive_timeout: float
 ) -> web.AppRunner:
     """The runner `run` serves with (the tests use it too). Handlers may be cancelled
     when their client goes away; request bodies are read as sent (the proxy forwards

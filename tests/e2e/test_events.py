@@ -290,7 +290,7 @@ async def test_shutdown_closes_streams_at_once(lab: Lab) -> None:
     await lab.add_backends("alpha")
     config = lab.config()
     app = build_app(config)
-    runner = make_runner(app, shutdown_timeout=30)
+    runner = make_runner(app, shutdown_timeout=30, keepalive_timeout=config.keepalive_timeout_secs)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", config.port).start()
     url = f"http://127.0.0.1:{config.port}"
