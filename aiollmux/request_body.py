@@ -9,6 +9,7 @@ so `upstream_model` can be spliced in without re-encoding the body.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import zlib
@@ -408,7 +409,9 @@ def _skip_space(body: bytes, index: int) -> int:
 _PARAMETER = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 
 
+@functools.lru_cache(maxsize=64)  # a client sends the same few values again and again
 def _parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    """The media type and its parameters (read only: the result is shared)."""
     mime, _, _ = value.partition(";")
     params: dict[str, str] = {}
     for match in _PARAMETER.finditer(value, len(mime)):
