@@ -1,6 +1,7 @@
 """Forwarding one request to its model's backend and streaming the answer back (docs/design.md §4).
 
-Bytes pass through as they arrive (`iter_any()`, no buffering, no decompression).
+Bytes pass through as they arrive (`iter_any()`, no buffering, no decompression); a small
+reply of known length is read whole and answered in one write.
 A stale keep-alive connection is retried once; a client that goes away aborts the
 upstream request; a backend that fails before answering becomes a 502.
 """
