@@ -132,16 +132,15 @@ class Proxy:
         )
         guard.on_cut = lambda: _cut(request, upstream)
         try:
-            if _is_small(request, upstream):
-                response: web.StreamResponse = await _answer_whole(request, model, upstream)
-            else:
-                response = await _stream(request, model, upstream, guard, on_started)
+            if not _is_small(request, upstream):
+                return await _stream(request, model, upstream, guard, on_started)
+            whole = await _answer_whole(model, upstream)
         finally:
             guard.on_cut = None
             upstream.close()  # releases a finished connection; aborts an unfinished one
-        if on_started is not None and isinstance(response, web.Response):
-            on_started(response.status)
-        return response
+        if on_started is not None:  # aiohttp sends it as the handler returns
+            on_started(whole.status)
+        return whole
 
     async def _open_upstream(
         self,
@@ -208,9 +207,7 @@ def _is_small(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
     return length is not None and length <= SMALL_REPLY and request.method != "HEAD"
 
 
-async def _answer_whole(
-    request: web.Request, model: ModelConfig, upstream: aiohttp.ClientResponse
-) -> web.Response:
+async def _answer_whole(model: ModelConfig, upstream: aiohttp.ClientResponse) -> web.Response:
     """A reply of known, small length, read whole and sent in one write (headers and
     body together, as aiohttp does for a `web.Response`). Nothing has reached the
     client yet if the backend fails while sending it: that is a 502, not a cut reply."""

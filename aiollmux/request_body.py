@@ -200,8 +200,10 @@ _MODEL_KEY = re.compile(
     rb'"(?:m|\\u006[dD])(?:o|\\u006[fF])(?:d|\\u0064)(?:e|\\u0065)(?:l|\\u006[cC])"'
 )
 # Top-level tokens and nested runs the sparse walk may take before handing over to the
-# search: a base64 image body takes about 20; a chat-shaped one runs out within ~0.3 ms.
+# search: a base64 image body takes about 16; a chat-shaped one runs out within ~0.3 ms,
+# a long array of numbers or short strings at its first window.
 _SPARSE_BUDGET = 32
+_SPARSE_WINDOW = 1024
 
 
 class _Dense(Exception):
@@ -212,8 +214,21 @@ class _DuplicateModel(InvalidJSON):
     pass
 
 
+# A "model" key written with escapes ("mod\u0065l"): one of its letters as \u00XX.
+_ESCAPED_MODEL_LETTER = re.compile(rb"\\u00(?:6[45cCdDfF])")
+# `_MODEL_KEY` attempts a match at every quote: past about one quote in this many bytes
+# (arrays of short strings, small objects) two plain searches are cheaper than the regex.
+_QUOTE_SPACING = 32
+_SAMPLE = 64 * 1024
+
+
 def _may_repeat_model(body: bytes) -> bool:
-    """False when the body cannot hold two "model" keys (most bodies: one regex pass)."""
+    """False when the body cannot hold two "model" keys: one or two C searches."""
+    if body.find(b"\\") == -1:  # memchr: without escapes a key is spelled "model"
+        return body.count(b'"model"') > 1
+    sample = min(len(body), _SAMPLE)
+    if body.count(b'"', 0, sample) * _QUOTE_SPACING > sample:
+        return body.count(b'"model"') > 1 or _ESCAPED_MODEL_LETTER.search(body) is not None
     matches = _MODEL_KEY.finditer(body)
     return next(matches, None) is not None and next(matches, None) is not None
 
@@ -315,13 +330,20 @@ def _scan(body: bytes, *, exhaustive: bool, budget: int | None = None) -> ModelF
             budget -= 1
             if budget < 0:
                 raise _Dense
+        # With a budget, a regex call that reads more than half of _SPARSE_WINDOW bytes
+        # means a dense body (numbers, short strings: no long string to jump over). A call
+        # bounded by the window stops at a token as an unbounded one does, or earlier.
+        before = position
+        window = len(body) if budget is None else min(len(body), position + _SPARSE_WINDOW)
         if depth == 1:
-            token = _TOKEN.search(body, position)
-            position = len(body) if token is None else token.start()
+            token = _TOKEN.search(body, position, window)
+            position = window if token is None else token.start()
         else:
-            run = _NESTED_RUN.match(body, position)
+            run = _NESTED_RUN.match(body, position, window)
             assert run is not None  # the pattern matches the empty string
             position = run.end()
+        if budget is not None and position - before > _SPARSE_WINDOW // 2:
+            raise _Dense
         if position == len(body):
             _invalid("the body ends inside its top-level object")
         if body[position] != _QUOTE:

@@ -306,8 +306,10 @@ def test_duplicate_model_keys(size: Size, second: bytes, first_at_end: bool) -> 
 
 
 def chat_messages() -> bytes:
-    """A large `"messages"` member of many short strings with escapes (a long chat)."""
-    turn = {"role": "user", "content": 'He said "run it"\\n then:\n  step 3 of 12, exit 0.\n' * 8}
+    """A large `"messages"` member of strings with escapes, a quote every ~200 bytes (a
+    long chat)."""
+    prose = "Step 3 of 12 ran for 4.2s, wrote 1,024 rows and exited with status 0.\n" * 12
+    turn = {"role": "user", "content": 'He said "run it"\\n then:\n' + prose}
     count = VALIDATE_LIMIT // len(json.dumps(turn)) + 8
     return b'"messages": ' + json.dumps([turn] * count).encode()
 
@@ -332,7 +334,25 @@ def test_large_bodies_take_the_walk_or_the_search() -> None:
         _scan(chat, exhaustive=True, budget=_SPARSE_BUDGET)
 
 
-LARGE_SHAPES = {"chat": chat_messages, "image": image_messages}
+def short_strings(text: str) -> Callable[[], bytes]:
+    """A large `"input"` member: many short strings (an embeddings batch), a quote every
+    few bytes; with `text` holding a newline, escapes as well."""
+
+    def member() -> bytes:
+        count = VALIDATE_LIMIT // len(json.dumps(text)) + 8
+        return b'"input": ' + json.dumps([text] * count).encode()
+
+    return member
+
+
+# Each shape takes another way through the duplicate check: a walk (image), one regex
+# pass (chat), a plain search (no escapes anywhere), two searches (dense, with escapes).
+LARGE_SHAPES = {
+    "chat": chat_messages,
+    "image": image_messages,
+    "short strings": short_strings("a short input"),
+    "short lines": short_strings("a short\nline"),
+}
 # Each letter of the key escaped once, in either case of hex digit.
 SECOND_KEYS = [
     b'"model": "beta"',
