@@ -55,6 +55,7 @@ READY_SECS = 30.0
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2)
 RSS_LIMIT_MIB = 80.0
 IDLE_CPU_LIMIT_PERCENT = 0.05  # of one CPU, all threads (issue 12)
+IDLE_SETTLE_SECS = 3.0
 # (MiB, one base64 image instead of a chat, "model" first)
 BODY_CASES = (
     (1, False, True),
@@ -614,6 +615,9 @@ async def switching(
 
 async def idle(setup: Setup, settings: Settings, rows: list[Row]) -> None:
     proxies = setup.targets[1:]
+    # Let the run's after-effects pass first: the heap trim 2 s after the last large body
+    # (aiollmux/allocator.py) is one-off work, not what an idle daemon costs.
+    await asyncio.sleep(IDLE_SETTLE_SECS)
     before = {t.key: run_seconds(t.pid) for t in proxies}
     await asyncio.sleep(settings.idle_secs)  # the measurement window itself
     used: dict[str, Value] = {}
