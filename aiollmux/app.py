@@ -193,6 +193,9 @@ async def read_body(request: web.Request, limit: int, stall_secs: float | None =
     bytes (`client_body_timeout_secs`, docs/design.md §5), else 408."""
     if request.content_length is not None and request.content_length > limit:
         raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+    if request.content.is_eof():
+        # All of it arrived with the headers (most requests): no wait to bound.
+        return _within_limit(request.content.read_nowait(), limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -211,6 +214,12 @@ async def read_body(request: web.Request, limit: int, stall_secs: float | None =
             raise BodyTooLarge(f"the request body is larger than {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _within_limit(body: bytes, limit: int) -> bytes:
+    if len(body) > limit:
+        raise BodyTooLarge(f"the request body is larger than {limit} bytes")
+    return body
 
 
 async def _route(

@@ -1,6 +1,7 @@
 """Forwarding one request to its model's backend and streaming the answer back (docs/design.md §4).
 
-Bytes pass through as they arrive (`iter_any()`, no buffering, no decompression).
+Bytes pass through as they arrive (`iter_any()`, no buffering, no decompression); a small
+reply of known length is read whole and answered in one write.
 A stale keep-alive connection is retried once; a client that goes away aborts the
 upstream request; a backend that fails before answering becomes a 502.
 """
@@ -42,6 +43,8 @@ HOP_BY_HOP = frozenset(
 # wait (without a timeout) for a 100 that a backend is allowed never to send.
 _SET_BY_CLIENT = frozenset({"host", "content-length", "expect"})
 _RAW_BYTES_LIMIT = 1024 * 1024
+# A backend reply with a Content-Length up to this is read whole and answered in one write.
+SMALL_REPLY = 64 * 1024
 _SKIP_AUTO_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
 # The last event of an OpenAI-style event stream.
 _STREAM_END = b"data: [DONE]\n\n"
@@ -124,6 +127,31 @@ class Proxy:
         """`decoded`: `body` is no longer the client's encoded bytes (an `upstream_model`
         rewrite of a compressed body), so its Content-Encoding goes too. `on_started` hears
         the status once it is sent: a request that ends later ended with that status."""
+        upstream = await self._open_upstream(
+            request, model, body, guard, drop_authorization, decoded
+        )
+        guard.on_cut = lambda: _cut(request, upstream)
+        try:
+            if not _is_small(request, upstream):
+                return await _stream(request, model, upstream, guard, on_started)
+            whole = await _answer_whole(model, upstream)
+        finally:
+            guard.on_cut = None
+            upstream.close()  # releases a finished connection; aborts an unfinished one
+        if on_started is not None:  # aiohttp sends it as the handler returns
+            on_started(whole.status)
+        return whole
+
+    async def _open_upstream(
+        self,
+        request: web.Request,
+        model: ModelConfig,
+        body: bytes,
+        guard: InFlightGuard,
+        drop_authorization: bool,
+        decoded: bool,
+    ) -> aiohttp.ClientResponse:
+        """The backend's answer, up to its headers."""
         drop = _DROP_REQUEST_AND_AUTH if drop_authorization else _DROP_REQUEST
         if decoded:
             drop = drop | {"content-encoding"}
@@ -134,48 +162,9 @@ class Proxy:
         # cancels a request still waiting for the backend's headers.
         guard.on_cut = lambda: _cut(request, None)
         try:
-            upstream = await self._send(request.method, url, headers, body, model)
+            return await self._send(request.method, url, headers, body, model)
         finally:
             guard.on_cut = None
-        guard.on_cut = lambda: _cut(request, upstream)
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-        response.headers.extend(_filtered(upstream.headers, HOP_BY_HOP))
-        tail = b""  # the last bytes sent: has the client had an event stream's end?
-        try:
-            await response.prepare(request)
-            if on_started is not None:
-                on_started(response.status)
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-                tail = (tail + chunk)[-_END_LEN:] if len(chunk) < _END_LEN else chunk[-_END_LEN:]
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-            if (
-                isinstance(exc, ConnectionResetError)
-                and _client_gone(request)
-                and not guard.was_cut
-            ):
-                _client_disconnected(model, tail == _STREAM_END)
-                raise ClientGone(response) from None
-            if not guard.was_cut:  # a drain timeout is logged as drain_timeout
-                logger.warning(
-                    "backend of %r failed mid-response: %s",
-                    model.id,
-                    exc,
-                    extra={"event": "backend_error", "model": model.id},
-                )
-            # The client must see a cut stream, not a complete answer.
-            if request.transport is not None:
-                request.transport.close()
-        except ConnectionResetError:
-            _client_disconnected(model, tail == _STREAM_END)
-            raise ClientGone(response) from None
-        except asyncio.CancelledError:
-            _client_disconnected(model, tail == _STREAM_END)
-            raise
-        finally:
-            guard.on_cut = None
-            upstream.close()  # releases a finished connection; aborts an unfinished one
-        return response
 
     async def _send(
         self,
@@ -195,21 +184,83 @@ class Proxy:
             except _STALE_CONNECTION as exc:
                 if attempt == 1 and not isinstance(exc, aiohttp.ClientConnectorError):
                     continue  # a dead pooled connection: nothing reached the client yet
-                raise self._backend_error(model, exc) from None
+                raise _backend_error(model, exc) from None
             except (aiohttp.ClientError, OSError) as exc:
-                raise self._backend_error(model, exc) from None
+                raise _backend_error(model, exc) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _backend_error(self, model: ModelConfig, exc: BaseException) -> BackendError:
-        reason = str(exc) or type(exc).__name__
-        logger.warning(
-            "backend of %r on port %d failed: %s",
-            model.id,
-            model.port,
-            reason,
-            extra={"event": "backend_error", "model": model.id, "port": model.port},
-        )
-        return BackendError(f"backend of model {model.id!r} failed: {reason}")
+
+def _backend_error(model: ModelConfig, exc: BaseException) -> BackendError:
+    reason = str(exc) or type(exc).__name__
+    logger.warning(
+        "backend of %r on port %d failed: %s",
+        model.id,
+        model.port,
+        reason,
+        extra={"event": "backend_error", "model": model.id, "port": model.port},
+    )
+    return BackendError(f"backend of model {model.id!r} failed: {reason}")
+
+
+def _is_small(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+    length = upstream.content_length
+    return length is not None and length <= SMALL_REPLY and request.method != "HEAD"
+
+
+async def _answer_whole(model: ModelConfig, upstream: aiohttp.ClientResponse) -> web.Response:
+    """A reply of known, small length, read whole and sent in one write (headers and
+    body together, as aiohttp does for a `web.Response`). Nothing has reached the
+    client yet if the backend fails while sending it: that is a 502, not a cut reply."""
+    try:
+        data = await upstream.read()
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        raise _backend_error(model, exc) from None
+    except asyncio.CancelledError:
+        _client_disconnected(model)
+        raise
+    headers = _filtered(upstream.headers, HOP_BY_HOP)
+    return web.Response(status=upstream.status, reason=upstream.reason, body=data, headers=headers)
+
+
+async def _stream(
+    request: web.Request,
+    model: ModelConfig,
+    upstream: aiohttp.ClientResponse,
+    guard: InFlightGuard,
+    on_started: Callable[[int], None] | None,
+) -> web.StreamResponse:
+    """Anything else, passed on as its bytes arrive (`iter_any()`)."""
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    response.headers.extend(_filtered(upstream.headers, HOP_BY_HOP))
+    tail = b""  # the last bytes sent: has the client had an event stream's end?
+    try:
+        await response.prepare(request)
+        if on_started is not None:
+            on_started(response.status)
+        async for chunk in upstream.content.iter_any():
+            await response.write(chunk)
+            tail = (tail + chunk)[-_END_LEN:] if len(chunk) < _END_LEN else chunk[-_END_LEN:]
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        if isinstance(exc, ConnectionResetError) and _client_gone(request) and not guard.was_cut:
+            _client_disconnected(model, tail == _STREAM_END)
+            raise ClientGone(response) from None
+        if not guard.was_cut:  # a drain timeout is logged as drain_timeout
+            logger.warning(
+                "backend of %r failed mid-response: %s",
+                model.id,
+                exc,
+                extra={"event": "backend_error", "model": model.id},
+            )
+        # The client must see a cut stream, not a complete answer.
+        if request.transport is not None:
+            request.transport.close()
+    except ConnectionResetError:
+        _client_disconnected(model, tail == _STREAM_END)
+        raise ClientGone(response) from None
+    except asyncio.CancelledError:
+        _client_disconnected(model, tail == _STREAM_END)
+        raise
+    return response
 
 
 def _payload(body: bytes) -> bytes | AsyncIterator[memoryview]:

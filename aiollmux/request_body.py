@@ -10,6 +10,7 @@ so `upstream_model` can be spliced in without re-encoding the body.
 from __future__ import annotations
 
 import codecs
+import functools
 import json
 import re
 import zlib
@@ -149,18 +150,31 @@ def _find(body: bytes, content_type: str, *, walk: bool) -> ModelField | None:
 
 def _find_json(body: bytes, *, walk: bool = True) -> ModelField | None:
     if not walk and len(body) > OFF_LOOP_BYTES:
-        # The duplicate-key check below reads the whole body (about 1 ms a MiB): a large
+        # The duplicate-key check below reads the whole body (about 0.6 ms a MiB): a large
         # body's is done off the event loop, once, with the rest of the work.
         return None
-    repeated = _may_repeat_model(body)
     if len(body) <= VALIDATE_LIMIT:
         # Small bodies: json.loads validates and names the model; a second "model" key
         # (which json.loads would silently let win) is refused by a walk.
         document = parse_json(body)
-        if repeated:
+        if _may_repeat_model(body):
             _scan(body, exhaustive=True)
         return _from_document(document)
-    if repeated:
+    if walk:
+        # Few, long strings (a base64 image): the whole top level is walked from quote to
+        # quote by memchr in well under a millisecond, and the walk refuses a second key.
+        # A damaged body is left to the steps below, which word its error as ever.
+        try:
+            found = _scan(body, exhaustive=True, budget=_SPARSE_BUDGET)
+        except _DuplicateModel:
+            raise
+        except (_Dense, InvalidJSON):
+            pass
+        else:
+            if found is None:
+                raise ModelRequired('the request body has no "model" field')
+            return found
+    if _may_repeat_model(body):
         # Maybe two top-level "model" keys: only a walk of the whole top level can tell.
         if not walk:
             return None
@@ -178,14 +192,46 @@ def _find_json(body: bytes, *, walk: bool = True) -> ModelField | None:
     return found
 
 
-# A "model" key can be written with escapes ("mod\u0065l"): one of its letters as \u00XX.
+# Any spelling of a "model" key: each letter as itself or as a \u escape (the only escapes
+# that stand for these letters). In valid JSON every match ends a string, so two keys are
+# two matches; a match may also be the tail of a longer string (after an escaped quote),
+# and the walk that follows tells those apart. One regex pass finds both spellings; it
+# starts a match attempt only at a quote.
+_MODEL_KEY = re.compile(
+    rb'"(?:m|\\u006[dD])(?:o|\\u006[fF])(?:d|\\u0064)(?:e|\\u0065)(?:l|\\u006[cC])"'
+)
+# Top-level tokens and nested runs the sparse walk may take before handing over to the
+# search: a base64 image body takes about 16; a chat-shaped one runs out within ~0.3 ms,
+# a long array of numbers or short strings at its first window.
+_SPARSE_BUDGET = 32
+_SPARSE_WINDOW = 1024
+
+
+class _Dense(Exception):
+    """The walk ran out of its budget: the body has many strings."""
+
+
+class _DuplicateModel(InvalidJSON):
+    pass
+
+
+# A "model" key written with escapes ("mod\u0065l"): one of its letters as \u00XX.
 _ESCAPED_MODEL_LETTER = re.compile(rb"\\u00(?:6[45cCdDfF])")
+# `_MODEL_KEY` attempts a match at every quote: past about one quote in this many bytes
+# (arrays of short strings, small objects) two plain searches are cheaper than the regex.
+_QUOTE_SPACING = 32
+_SAMPLE = 64 * 1024
 
 
 def _may_repeat_model(body: bytes) -> bool:
-    """False when the body cannot hold two "model" keys (most bodies: found with two C
-    scans, `bytes.count` and one regex search)."""
-    return body.count(b'"model"') > 1 or _ESCAPED_MODEL_LETTER.search(body) is not None
+    """False when the body cannot hold two "model" keys: one or two C searches."""
+    if body.find(b"\\") == -1:  # memchr: without escapes a key is spelled "model"
+        return body.count(b'"model"') > 1
+    sample = min(len(body), _SAMPLE)
+    if body.count(b'"', 0, sample) * _QUOTE_SPACING > sample:
+        return body.count(b'"model"') > 1 or _ESCAPED_MODEL_LETTER.search(body) is not None
+    matches = _MODEL_KEY.finditer(body)
+    return next(matches, None) is not None and next(matches, None) is not None
 
 
 def _from_document(document: object) -> ModelField:
@@ -286,26 +332,37 @@ def _closes_the_body(body: bytes, position: int) -> bool:
     return False
 
 
-def _scan(body: bytes, *, exhaustive: bool) -> ModelField | None:
+def _scan(body: bytes, *, exhaustive: bool, budget: int | None = None) -> ModelField | None:
     """The value of the top-level "model" key.
 
     `exhaustive`: walk the whole body, refusing a truncated body or a second top-level
     "model" key; otherwise return at the first one. Only the top level
     is walked token by token; inside nested values one regex call skips text, short
-    strings and innermost containers.
+    strings and innermost containers. `budget`: raise _Dense after that many steps.
     """
     start = _skip_space(body, len(_BOM) if body.startswith(_BOM) else 0)
     if body[start : start + 1] != b"{":
         raise ModelRequired('the request body must be a JSON object with a "model" field')
     depth, position, value = 1, start + 1, -1
     while depth > 0:
+        if budget is not None:
+            budget -= 1
+            if budget < 0:
+                raise _Dense
+        # With a budget, a regex call that reads more than half of _SPARSE_WINDOW bytes
+        # means a dense body (numbers, short strings: no long string to jump over). A call
+        # bounded by the window stops at a token as an unbounded one does, or earlier.
+        before = position
+        window = len(body) if budget is None else min(len(body), position + _SPARSE_WINDOW)
         if depth == 1:
-            token = _TOKEN.search(body, position)
-            position = len(body) if token is None else token.start()
+            token = _TOKEN.search(body, position, window)
+            position = window if token is None else token.start()
         else:
-            run = _NESTED_RUN.match(body, position)
+            run = _NESTED_RUN.match(body, position, window)
             assert run is not None  # the pattern matches the empty string
             position = run.end()
+        if budget is not None and position - before > _SPARSE_WINDOW // 2:
+            raise _Dense
         if position == len(body):
             _invalid("the body ends inside its top-level object")
         if body[position] != _QUOTE:
@@ -320,7 +377,9 @@ def _scan(body: bytes, *, exhaustive: bool) -> ModelField | None:
             if body[colon : colon + 1] == b":" and _is_model_key(body, position, end):
                 if value != -1:
                     # The routed model and the one a backend reads could disagree.
-                    raise InvalidJSON('the request body has more than one top-level "model" key')
+                    raise _DuplicateModel(
+                        'the request body has more than one top-level "model" key'
+                    )
                 value = _skip_space(body, colon + 1)
                 if not exhaustive:
                     return _model_value(body, value)
@@ -391,7 +450,9 @@ def _skip_space(body: bytes, index: int) -> int:
 _PARAMETER = re.compile(r';\s*([^\s=;]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;]*)')
 
 
+@functools.lru_cache(maxsize=64)  # a client sends the same few values again and again
 def _parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    """The media type and its parameters (read only: the result is shared)."""
     mime, _, _ = value.partition(";")
     params: dict[str, str] = {}
     for match in _PARAMETER.finditer(value, len(mime)):

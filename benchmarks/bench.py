@@ -44,7 +44,7 @@ from loadgen import (
     switch_count,
     timed_request,
 )
-from processes import Child, Pinning, cpu_seconds, minor_faults, rss_mib
+from processes import Child, Pinning, minor_faults, rss_mib, run_seconds
 from wrk_load import WrkLoad, WrkResult
 from wrk_load import available as wrk_available
 
@@ -54,7 +54,8 @@ MIB = 1024 * 1024
 READY_SECS = 30.0
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=2)
 RSS_LIMIT_MIB = 80.0
-IDLE_CPU_LIMIT_SECS = 0.02  # two clock ticks: "about zero"
+IDLE_CPU_LIMIT_PERCENT = 0.05  # of one CPU, all threads (issue 12)
+IDLE_SETTLE_SECS = 3.0
 # (MiB, one base64 image instead of a chat, "model" first)
 BODY_CASES = (
     (1, False, True),
@@ -117,7 +118,7 @@ FULL = Settings(
     hold_trials=3,
     hold_wait_secs=3.0,
     open_streams=256,
-    idle_secs=3.0,
+    idle_secs=10.0,
 )
 QUICK = Settings(
     name="quick",
@@ -137,7 +138,7 @@ QUICK = Settings(
     hold_trials=1,
     hold_wait_secs=2.0,
     open_streams=256,
-    idle_secs=1.5,
+    idle_secs=3.0,
     wrk_slices=1,
     wrk_slice_secs=2.0,
 )
@@ -614,16 +615,21 @@ async def switching(
 
 async def idle(setup: Setup, settings: Settings, rows: list[Row]) -> None:
     proxies = setup.targets[1:]
-    before = {t.key: cpu_seconds(t.pid) for t in proxies}
+    # Let the run's after-effects pass first: the heap trim 2 s after the last large body
+    # (aiollmux/allocator.py) is one-off work, not what an idle daemon costs.
+    await asyncio.sleep(IDLE_SETTLE_SECS)
+    before = {t.key: run_seconds(t.pid) for t in proxies}
     await asyncio.sleep(settings.idle_secs)  # the measurement window itself
     used: dict[str, Value] = {}
     for target in proxies:
-        start, end = before[target.key], cpu_seconds(target.pid)
-        used[target.key] = None if start is None or end is None else _ms(end - start)
-    row = Row(f"proxy CPU while idle {settings.idle_secs:.1f} s", used, "ms", digits=0)
+        start, end = before[target.key], run_seconds(target.pid)
+        used[target.key] = (
+            None if start is None or end is None else 100 * (end - start) / settings.idle_secs
+        )
+    row = Row(f"proxy CPU while idle {settings.idle_secs:.0f} s", used, "%", digits=3)
     c = used.get("c")
-    row.target = f"c <= {_ms(IDLE_CPU_LIMIT_SECS):.0f}"
-    row.ok = isinstance(c, float) and c <= _ms(IDLE_CPU_LIMIT_SECS)
+    row.target = f"c <= {IDLE_CPU_LIMIT_PERCENT}"
+    row.ok = isinstance(c, float) and c <= IDLE_CPU_LIMIT_PERCENT
     rows.append(row)
     rss = {t.key: rss_mib(t.pid) for t in proxies}
     rows.append(Row("proxy RSS idle, after the run", dict(rss), "MiB"))

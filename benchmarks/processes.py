@@ -134,6 +134,21 @@ def cpu_seconds(pid: int | None) -> float | None:
     return None if fields is None else (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
 
 
+def run_seconds(pid: int | None) -> float | None:
+    """CPU time of all of a process's threads in nanoseconds' precision, from
+    /proc/<pid>/task/*/schedstat (clock ticks are too coarse for an idle process)."""
+    if pid is None:
+        return None
+    total = 0
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):  # a thread that just ended
+                total += int((task / "schedstat").read_text().split()[0])
+    except OSError:
+        return None
+    return total / 1e9
+
+
 def minor_faults(pid: int | None) -> int | None:
     """Minor page faults of one process so far (memory touched for the first time)."""
     fields = _stat_fields(pid)

@@ -14,9 +14,11 @@ import pytest
 
 from aiollmux.errors import BodyTooLarge, InvalidJSON, ModelRequired
 from aiollmux.request_body import (
+    _SPARSE_BUDGET,
     MAX_CODINGS,
     VALIDATE_LIMIT,
     ModelField,
+    _Dense,
     _scan,
     decoded_body,
     find_model,
@@ -301,6 +303,90 @@ def test_duplicate_model_keys(size: Size, second: bytes, first_at_end: bool) -> 
     # A "model" inside a nested value is no duplicate.
     nested = members(b'"model": "alpha"', messages(size), b'"x": {"model": "beta"}')
     assert find_model(nested, JSON).name == "alpha"
+
+
+def chat_messages() -> bytes:
+    """A large `"messages"` member of strings with escapes, a quote every ~200 bytes (a
+    long chat)."""
+    prose = "Step 3 of 12 ran for 4.2s, wrote 1,024 rows and exited with status 0.\n" * 12
+    turn = {"role": "user", "content": 'He said "run it"\\n then:\n' + prose}
+    count = VALIDATE_LIMIT // len(json.dumps(turn)) + 8
+    return b'"messages": ' + json.dumps([turn] * count).encode()
+
+
+def image_messages() -> bytes:
+    """A large `"messages"` member whose bulk is one base64 string (an image)."""
+    url = "data:image/png;base64," + "iVBORw0KGgo" * (VALIDATE_LIMIT // 10)
+    parts = [
+        {"type": "text", "text": "What is in this picture?"},
+        {"type": "image_url", "image_url": {"url": url}},
+    ]
+    return b'"messages": ' + json.dumps([{"role": "user", "content": parts}]).encode()
+
+
+def test_large_bodies_take_the_walk_or_the_search() -> None:
+    # An image body is walked whole within the budget (exact and cheap); a chat-shaped
+    # one runs out of it and is searched for "model" keys instead (docs/decisions.md).
+    image = members(b'"model": "alpha"', image_messages(), b'"stream": true')
+    assert _scan(image, exhaustive=True, budget=_SPARSE_BUDGET) is not None
+    chat = members(b'"model": "alpha"', chat_messages(), b'"stream": true')
+    with pytest.raises(_Dense):
+        _scan(chat, exhaustive=True, budget=_SPARSE_BUDGET)
+
+
+def short_strings(text: str) -> Callable[[], bytes]:
+    """A large `"input"` member: many short strings (an embeddings batch), a quote every
+    few bytes; with `text` holding a newline, escapes as well."""
+
+    def member() -> bytes:
+        count = VALIDATE_LIMIT // len(json.dumps(text)) + 8
+        return b'"input": ' + json.dumps([text] * count).encode()
+
+    return member
+
+
+# Each shape takes another way through the duplicate check: a walk (image), one regex
+# pass (chat), a plain search (no escapes anywhere), two searches (dense, with escapes).
+LARGE_SHAPES = {
+    "chat": chat_messages,
+    "image": image_messages,
+    "short strings": short_strings("a short input"),
+    "short lines": short_strings("a short\nline"),
+}
+# Each letter of the key escaped once, in either case of hex digit.
+SECOND_KEYS = [
+    b'"model": "beta"',
+    rb'"\u006dodel": "beta"',
+    rb'"m\u006Fdel": "beta"',
+    rb'"mo\u0064el": "beta"',
+    rb'"mod\u0065l": "beta"',
+    rb'"mode\u006C": "beta"',
+    rb'"\u006D\u006f\u0064\u0065\u006c": "beta"',
+]
+
+
+@pytest.mark.parametrize("shape", LARGE_SHAPES)
+@pytest.mark.parametrize("second", SECOND_KEYS)
+@pytest.mark.parametrize("first_at_end", [False, True])
+def test_duplicate_model_keys_in_large_bodies_of_every_shape(
+    shape: str, second: bytes, first_at_end: bool
+) -> None:
+    parts = [b'"model": "alpha"', LARGE_SHAPES[shape](), second]
+    if first_at_end:
+        parts = parts[1:] + parts[:1]
+    with pytest.raises(InvalidJSON, match="more than one top-level"):
+        find_model(members(*parts), JSON)
+
+
+@pytest.mark.parametrize("shape", LARGE_SHAPES)
+def test_model_look_alikes_in_large_bodies_are_no_duplicates(shape: str) -> None:
+    # The tail of a string after an escaped quote looks like a key to the search; a
+    # "model" key of a nested object is one, but not at the top level.
+    look_alikes = [rb'"note": "say \"model"', b'"x": {"model": "beta"}', b'"y": ["model"]']
+    for first in (True, False):
+        parts = [LARGE_SHAPES[shape](), *look_alikes]
+        parts.insert(0 if first else len(parts), b'"model": "alpha"')
+        assert find_model(members(*parts), JSON).name == "alpha"
 
 
 @pytest.mark.parametrize("content_type", ["", "text/plain", "application/json; charset=utf-8"])

@@ -1,0 +1,69 @@
+"""Small backend replies (a known length up to `SMALL_REPLY`) are read whole and answered
+in one write (issue 12): what the client gets, whole or as an error, never half."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from aiollmux.proxy import SMALL_REPLY
+from tests.support import Lab, running_daemon
+
+Reply = Callable[[asyncio.StreamWriter], None]
+
+
+@asynccontextmanager
+async def raw_backend(reply: Reply) -> AsyncIterator[int]:
+    """A backend on a real socket that reads one request and writes `reply`'s bytes."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        await reader.readexactly(length)
+        reply(writer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
+
+
+async def test_a_small_reply_cut_by_the_backend_is_a_502_not_half_a_200(lab: Lab) -> None:
+    def half(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b'Content-Length: 100\r\n\r\n{"choices": [')  # then the backend dies
+
+    config = lab.config
+    async with raw_backend(half) as port, running_daemon(config(ports={"cut": port})) as daemon:
+        async with await daemon.chat("cut") as response:
+            assert response.status == 502
+            error = (await response.json())["error"]
+            assert error["code"] == "backend_error"
+        assert daemon.mux.switchers["default"].in_flight("cut") == 0
+        assert 'llmux_requests_total{model="cut",status="502"} 1.0' in await daemon.metrics()
+
+
+async def test_a_small_reply_passes_as_it_came(lab: Lab) -> None:
+    # The backend's status, reason, headers and length are kept; a reply at the limit
+    # takes the same path.
+    body = b"x" * SMALL_REPLY
+
+    def whole(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 201 Made\r\nX-Backend: raw\r\n")
+        writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+    config = lab.config
+    async with raw_backend(whole) as port, running_daemon(config(ports={"raw": port})) as daemon:
+        async with await daemon.chat("raw") as response:
+            assert response.status == 201
+            assert response.reason == "Made"
+            assert response.headers["X-Backend"] == "raw"
+            assert response.headers["Content-Length"] == str(len(body))
+            assert await response.read() == body
+        assert 'llmux_requests_total{model="raw",status="201"} 1.0' in await daemon.metrics()
