@@ -134,7 +134,7 @@ class Proxy:
         try:
             if not _is_small(request, upstream):
                 return await _stream(request, model, upstream, guard, on_started)
-            whole = await _answer_whole(model, upstream)
+            whole = await _answer_whole(model, upstream, guard)
         finally:
             guard.on_cut = None
             upstream.close()  # releases a finished connection; aborts an unfinished one
@@ -207,13 +207,20 @@ def _is_small(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
     return length is not None and length <= SMALL_REPLY and request.method != "HEAD"
 
 
-async def _answer_whole(model: ModelConfig, upstream: aiohttp.ClientResponse) -> web.Response:
+async def _answer_whole(
+    model: ModelConfig, upstream: aiohttp.ClientResponse, guard: InFlightGuard
+) -> web.Response:
     """A reply of known, small length, read whole and sent in one write (headers and
     body together, as aiohttp does for a `web.Response`). Nothing has reached the
     client yet if the backend fails while sending it: that is a 502, not a cut reply."""
     try:
         data = await upstream.read()
     except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        if guard.was_cut:
+            # A drain timeout closed both connections (logged as drain_timeout): the
+            # backend did not fail, and the client can be sent nothing. Counted as a
+            # request cut while it waited for its answer (499), as before the headers.
+            raise ClientGone(web.Response(status=503)) from None
         raise _backend_error(model, exc) from None
     except asyncio.CancelledError:
         _client_disconnected(model)

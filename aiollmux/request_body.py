@@ -141,6 +141,8 @@ def _find(body: bytes, content_type: str, *, walk: bool) -> ModelField | None:
         raise ModelRequired('the request body is empty; a JSON body with "model" is required')
     mime, params = _parse_content_type(content_type)
     if mime == "multipart/form-data":
+        if not walk and len(body) > OFF_LOOP_BYTES:
+            return None  # every part is looked at (a second "model" is refused): off the loop
         return _find_multipart(body, params.get("boundary", ""))
     return _find_json(body, walk=walk)
 
@@ -149,6 +151,7 @@ def _find(body: bytes, content_type: str, *, walk: bool) -> ModelField | None:
 
 
 def _find_json(body: bytes, *, walk: bool = True) -> ModelField | None:
+    _refuse_wide_encodings(body)
     if not walk and len(body) > OFF_LOOP_BYTES:
         # The duplicate-key check below reads the whole body (about 0.6 ms a MiB): a large
         # body's is done off the event loop, once, with the rest of the work.
@@ -251,17 +254,26 @@ _WIDE_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE, codecs.BOM_UTF32_LE, cod
 UTF8_RULE = "JSON exchanged between systems must be UTF-8 (RFC 8259 §8.1)"
 
 
+def _refuse_wide_encodings(body: bytes) -> int:
+    """InvalidJSON for a body in UTF-16/32, at any size (a large body is only scanned, and a
+    scan of bytes would read UTF-16 text as other keys than the backend's `json.loads(bytes)`
+    does); else how many bytes a UTF-8 byte order mark takes at its start."""
+    skipped = len(_BOM) if body.startswith(_BOM) else 0
+    head = body[skipped : skipped + 4]
+    # UTF-8 JSON has no NUL byte outside a string, and none can open it: UTF-16/32 text does.
+    if head.startswith(_WIDE_BOMS) or b"\0" in head:
+        raise InvalidJSON(
+            f"the request body is not valid JSON: it looks like UTF-16 or UTF-32; {UTF8_RULE}"
+        )
+    return skipped
+
+
 def parse_json(body: bytes) -> object:
     """A JSON request body, proxied or admin, read one way: UTF-8, a leading byte order mark
     ignored (RFC 8259 §8.1). UTF-16/32, which `json.loads(bytes)` would guess, is
     `InvalidJSON` naming that rule."""
-    skipped = len(_BOM) if body.startswith(_BOM) else 0
+    skipped = _refuse_wide_encodings(body)
     body = body[skipped:]
-    # UTF-8 JSON has no NUL byte outside a string, and none can open it: UTF-16/32 text does.
-    if body.startswith(_WIDE_BOMS) or b"\0" in body[:4]:
-        raise InvalidJSON(
-            f"the request body is not valid JSON: it looks like UTF-16 or UTF-32; {UTF8_RULE}"
-        )
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -470,6 +482,7 @@ def _find_multipart(body: bytes, boundary: str) -> ModelField:
     delimiter = b"\r\n" + dash
     # The first delimiter opens the body or follows a preamble line (RFC 2046 §5.1.1).
     position = 0 if body.startswith(dash) else body.find(delimiter)
+    found: ModelField | None = None
     if position != -1 and body[position] != ord("-"):
         position += 2
     while position != -1:
@@ -481,17 +494,24 @@ def _find_multipart(body: bytes, boundary: str) -> ModelField:
             break
         header_end = body.find(b"\r\n\r\n", header_start, next_delimiter + 2)
         if header_end != -1 and _is_model_part(body[header_start:header_end]):
+            if found is not None:
+                # Routed by one, read by the backend as the other (Starlette keeps the last).
+                raise ModelRequired('the multipart/form-data body has more than one "model" field')
             content_start = header_end + 4
             name = body[content_start:next_delimiter].decode("utf-8", errors="replace").strip()
             if not name:
                 raise ModelRequired('the multipart "model" field is empty')
-            return ModelField(name, content_start, next_delimiter, json_string=False)
+            found = ModelField(name, content_start, next_delimiter, json_string=False)
         position = next_delimiter + 2
-    raise ModelRequired('the multipart/form-data body has no "model" field')
+    if found is None:
+        raise ModelRequired('the multipart/form-data body has no "model" field')
+    return found
 
 
 _MODEL_DISPOSITION = re.compile(
-    rb'(?im)^content-disposition:[^\r\n]*;[ \t]*name[ \t]*=[ \t]*("model"|model)[ \t]*(?:;|\r|$)'
+    # The field's name is matched as the backend's form parser matches it: case and all.
+    rb"(?im)^content-disposition:[^\r\n]*;[ \t]*name[ \t]*=[ \t]*"
+    rb'(?-i:"model"|model)[ \t]*(?:;|\r|$)'
 )
 
 

@@ -16,12 +16,14 @@ from aiollmux.errors import BodyTooLarge, InvalidJSON, ModelRequired
 from aiollmux.request_body import (
     _SPARSE_BUDGET,
     MAX_CODINGS,
+    OFF_LOOP_BYTES,
     VALIDATE_LIMIT,
     ModelField,
     _Dense,
     _scan,
     decoded_body,
     find_model,
+    find_model_quickly,
 )
 
 JSON = "application/json"
@@ -590,6 +592,28 @@ def test_multipart_file_content_that_looks_like_a_model_part_is_not_taken() -> N
     without = multipart(('name="file"; filename="model"', AUDIO), ('name="modelx"', b"alpha"))
     with pytest.raises(ModelRequired, match='no "model" field'):
         find_model(without, form())
+
+
+def test_multipart_with_two_model_fields_is_refused() -> None:
+    # Routed by one, read by the backend as the other: Starlette's form keeps the last.
+    body = multipart(
+        ('name="model"', b"small"),
+        ('name="file"; filename="a.wav"', AUDIO * 40_000),
+        ('name="model"', b"big"),
+    )
+    assert len(body) > OFF_LOOP_BYTES
+    assert find_model_quickly(body, form()) is None  # every part is read off the loop
+    with pytest.raises(ModelRequired, match='more than one "model" field'):
+        find_model(body, form())
+
+
+def test_multipart_field_names_are_matched_with_their_case() -> None:
+    # A form parser reads `MODEL` as another field than `model`: routing by it would route
+    # by a field the backend never reads.
+    body = multipart(('name="MODEL"', b"small"), ('name="model"', b"big"))
+    assert find_model(body, form()).name == "big"
+    with pytest.raises(ModelRequired, match='no "model" field'):
+        find_model(multipart(('name="Model"', b"small")), form())
 
 
 def test_multipart_model_before_the_file_and_after_a_preamble() -> None:

@@ -3,10 +3,12 @@ a leading byte order mark ignored, UTF-16/32 refused naming RFC 8259 §8.1."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from aiollmux.errors import InvalidJSON
-from aiollmux.request_body import UTF8_RULE, find_model, parse_json
+from aiollmux.request_body import UTF8_RULE, find_model, find_model_quickly, parse_json
 
 DOCUMENT = '{"model": "alpha", "messages": []}'
 BOM = b"\xef\xbb\xbf"
@@ -47,3 +49,24 @@ def test_a_syntax_error_is_invalid_json() -> None:
         parse_json(b'{"model": }')
     with pytest.raises(InvalidJSON, match="not valid JSON"):
         parse_json(b"[" * 100_000)  # json's recursion limit
+
+
+def _smuggling_utf16_body() -> bytes:
+    """UTF-16LE whose code units spell `,"model":"a"` in raw bytes at the top level of a
+    byte-level scan, while `json.loads(bytes)` (FastAPI's reading) sees only model "b";
+    over 256 KiB, so it is scanned rather than parsed."""
+    units = [0x2200, 0x222C, 0x6F6D, 0x6564, 0x226C, 0x223A, 0x2261, 0x222C, 0x2279, 0x223A]
+    text = '{"model":"b","x":"' + "".join(map(chr, units + [0x4E00] * 150_000)) + '"}'
+    return text.encode("utf-16-le")
+
+
+@pytest.mark.parametrize("encoding", WIDE)
+def test_large_wide_bodies_are_refused_before_any_scan(encoding: str) -> None:
+    smuggling = _smuggling_utf16_body()
+    assert len(smuggling) > 256 * 1024
+    assert json.loads(smuggling)["model"] == "b"
+    padded = '{"model": "alpha", "x": "' + "y" * 300_000 + '"}'
+    for body in (smuggling, padded.encode(encoding)):
+        for finder in (find_model, find_model_quickly):
+            with pytest.raises(InvalidJSON, match="UTF-16 or UTF-32"):
+                finder(body, "application/json")

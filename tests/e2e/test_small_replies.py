@@ -4,8 +4,12 @@ in one write (issue 12): what the client gets, whole or as an error, never half.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+
+import aiohttp
+import pytest
 
 from aiollmux.proxy import SMALL_REPLY
 from tests.support import Lab, running_daemon
@@ -14,8 +18,11 @@ Reply = Callable[[asyncio.StreamWriter], None]
 
 
 @asynccontextmanager
-async def raw_backend(reply: Reply) -> AsyncIterator[int]:
-    """A backend on a real socket that reads one request and writes `reply`'s bytes."""
+async def raw_backend(
+    reply: Reply, *, sent: asyncio.Event | None = None, hold: asyncio.Event | None = None
+) -> AsyncIterator[int]:
+    """A backend on a real socket that reads one request and writes `reply`'s bytes (then
+    sets `sent`, and waits for `hold` before it closes)."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -27,6 +34,10 @@ async def raw_backend(reply: Reply) -> AsyncIterator[int]:
         await reader.readexactly(length)
         reply(writer)
         await writer.drain()
+        if sent is not None:
+            sent.set()
+        if hold is not None:
+            await hold.wait()
         writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
@@ -67,3 +78,30 @@ async def test_a_small_reply_passes_as_it_came(lab: Lab) -> None:
             assert response.headers["Content-Length"] == str(len(body))
             assert await response.read() == body
         assert 'llmux_requests_total{model="raw",status="201"} 1.0' in await daemon.metrics()
+
+
+async def test_a_drain_timeout_cutting_a_small_reply_is_no_backend_error(
+    lab: Lab, caplog: pytest.LogCaptureFixture
+) -> None:
+    def half(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{")  # the rest: later
+
+    await lab.add_backends("beta")
+    sent, hold = asyncio.Event(), asyncio.Event()
+    caplog.set_level(logging.INFO, logger="aiollmux")
+    async with raw_backend(half, sent=sent, hold=hold) as port:
+        config = lab.config(policy="drain_timeout_secs = 0.3", ports={"slow": port})
+        async with running_daemon(config) as daemon:
+            slow = asyncio.ensure_future(daemon.chat("slow"))
+            async with asyncio.timeout(10):
+                await sent.wait()
+            async with await daemon.chat("beta") as response:  # drains slow: cut at 0.3 s
+                assert response.status == 200
+            with pytest.raises(aiohttp.ClientConnectionError):
+                await slow  # the client's connection was closed, with nothing sent
+            metrics = await daemon.metrics()
+            hold.set()
+    events = [record.__dict__.get("event") for record in caplog.records]
+    assert "drain_timeout" in events
+    assert "backend_error" not in events  # the backend did not fail; nor is it re-checked
+    assert 'llmux_requests_total{model="slow",status="499"} 1.0' in metrics

@@ -246,13 +246,14 @@ OTHER_PART_HEADERS = [
     b'Content-Disposition: form-data; name="response_format"',
     b'Content-Disposition: form-data; filename="model"; name="x"',
     b'X-Note: name="model"\r\nContent-Disposition: form-data; name="prompt"',
+    b'Content-Disposition: form-data; name="MODEL"',  # another field to a form parser
 ]
 
 
 @st.composite
 def multipart_bodies(draw: st.DrawFn) -> Body:
     """multipart/form-data with random boundaries and parts, the model field anywhere (or
-    missing, empty, repeated, or in a part the body cuts short)."""
+    missing, empty, repeated — refused —, or in a part the body cuts short)."""
     boundary = draw(st.text(BOUNDARY_CHARS, min_size=1, max_size=70).map(str.rstrip))
     boundary = boundary or "b"
     delimiter = b"\r\n--" + boundary.encode()
@@ -279,7 +280,9 @@ def multipart_bodies(draw: st.DrawFn) -> Body:
     counted = spans if closed else spans[:-1]  # an unterminated last part is no field
     model_spans = [(start, end) for is_model, start, end in counted if is_model]
     forwarded: dict[str, bytes] = {}
-    if model_spans:
+    if len(model_spans) > 1:  # routed by one, read as the other by a form parser: refused
+        outcome = error("model_required")
+    elif model_spans:
         start, end = model_spans[0]
         name = bytes(data[start:end]).decode("utf-8", "replace").strip()
         outcome = named(name)
