@@ -153,17 +153,23 @@ async def test_headers_that_never_end_get_408(lab: Lab) -> None:
     assert answer.startswith(b"HTTP/1.1 408 ")
 
 
+async def one_health_check(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """GET /health on a kept-alive connection, its answer read whole."""
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+
+
 async def test_idle_keepalive_connection_is_closed(lab: Lab) -> None:
     await lab.add_backends("alpha")
     async with running_daemon(lab.config(top="keepalive_timeout_secs = 0.3")) as daemon:
         reader, writer = await asyncio.open_connection("127.0.0.1", port_of(daemon))
         try:
-            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            await one_health_check(reader, writer)
             async with asyncio.timeout(10):
-                head = await reader.readuntil(b"\r\n\r\n")
-                assert head.startswith(b"HTTP/1.1 200")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                await reader.readexactly(length)
                 assert await reader.read(-1) == b""  # closed by the daemon
         finally:
             writer.close()
@@ -186,12 +192,7 @@ async def test_a_later_request_dripping_its_headers_is_cut_by_the_keepalive_time
                 await asyncio.sleep(0.05)
 
         try:
-            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            async with asyncio.timeout(10):
-                head = await reader.readuntil(b"\r\n\r\n")
-                assert head.startswith(b"HTTP/1.1 200")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                await reader.readexactly(length)
+            await one_health_check(reader, writer)
             dripping = asyncio.create_task(drip())
             async with asyncio.timeout(20):
                 assert await reader.read(-1) == b""  # closed by the daemon, no answer
