@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
-import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from aiollmux.admission import InFlightGuard
 from aiollmux.config import ModelConfig
 from aiollmux.errors import BackendError
 from aiollmux.paths import request_target
+from aiollmux.upstream import Response, Upstream, UpstreamError, header_lines
 
 logger = logging.getLogger(__name__)
 
@@ -39,50 +37,54 @@ HOP_BY_HOP = frozenset(
         "upgrade",
     }
 )
-# `Expect: 100-continue` too: the whole body is already here, and aiohttp's client would
-# wait (without a timeout) for a 100 that a backend is allowed never to send.
+# `Expect: 100-continue` too: the whole body is already here, and a backend would
+# answer it with an interim 100 for nothing.
 _SET_BY_CLIENT = frozenset({"host", "content-length", "expect"})
-_RAW_BYTES_LIMIT = 1024 * 1024
 # A backend reply with a Content-Length up to this is read whole and answered in one write.
 SMALL_REPLY = 64 * 1024
-_SKIP_AUTO_HEADERS = ("Accept-Encoding", "User-Agent", "Content-Type")
 # The last event of an OpenAI-style event stream.
 _STREAM_END = b"data: [DONE]\n\n"
 _END_LEN = len(_STREAM_END)
-# Errors that mean a pooled keep-alive connection was already dead when reused.
-_STALE_CONNECTION = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 
 
-def create_session(pool_size: int = 1024) -> aiohttp.ClientSession:
-    """The one upstream session: explicit pool, no total timeout, bytes left encoded."""
-    connector = aiohttp.TCPConnector(limit=pool_size, limit_per_host=0, keepalive_timeout=30)
-    return aiohttp.ClientSession(
-        connector=connector,
-        auto_decompress=False,
-        # Generations can stream for many minutes: only connecting is bounded.
-        timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_connect=10),
-        cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=_SKIP_AUTO_HEADERS,
-    )
-
-
-def _connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
-    return {
-        token.strip().lower()
-        for value in headers.getall("Connection", ())
-        for token in value.split(",")
-    }
+def _connection_tokens(values: list[str]) -> set[str]:
+    return {token.strip().lower() for value in values for token in value.split(",")}
 
 
 # The sets of header names dropped in each direction (computed once, not per request).
-_DROP_REQUEST = HOP_BY_HOP | _SET_BY_CLIENT
-_DROP_REQUEST_AND_AUTH = _DROP_REQUEST | {"authorization"}
+_DROP_REQUEST = frozenset(name.encode() for name in HOP_BY_HOP | _SET_BY_CLIENT)
+_DROP_REQUEST_AND_AUTH = _DROP_REQUEST | {b"authorization"}
+_FORWARDED_FOR = b"x-forwarded-for"
 
 
-def _filtered(headers: CIMultiDictProxy[str], drop: frozenset[str]) -> CIMultiDict[str]:
-    if "Connection" in headers:  # it may name more connection-specific headers
-        drop = drop | _connection_tokens(headers)
-    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
+def _forwarded_fields(request: web.Request, drop: frozenset[bytes]) -> bytes:
+    """The client's header fields as they go to the backend, their bytes untouched: less
+    the connection-specific ones (and those its Connection header names), then
+    X-Forwarded-For as a proxy writes it — what the client sent (a claim, kept as such)
+    followed by the address the request really came from (docs/design.md §5)."""
+    if "Connection" in request.headers:  # it may name more connection-specific headers
+        named = _connection_tokens(request.headers.getall("Connection"))
+        drop = drop | {token.encode("utf-8", "surrogateescape") for token in named}
+    kept: list[tuple[bytes, bytes]] = []
+    claimed: list[bytes] = []
+    for name, value in request.raw_headers:
+        lower = name.lower()
+        if lower in drop:
+            continue
+        if lower == _FORWARDED_FOR:
+            if value.strip():
+                claimed.append(value)
+            continue
+        kept.append((name, value))
+    claimed.append((request.remote or "unknown").encode())
+    kept.append((b"X-Forwarded-For", b", ".join(claimed)))
+    return header_lines(kept)
+
+
+def _passed_back(upstream: Response) -> list[tuple[str, str]]:
+    """The backend's header fields as they go to the client."""
+    drop = HOP_BY_HOP | upstream.connection_tokens if upstream.connection_tokens else HOP_BY_HOP
+    return [(name, value) for name, value in upstream.fields if name.lower() not in drop]
 
 
 class ClientGone(Exception):
@@ -97,21 +99,22 @@ class ClientGone(Exception):
 
 class Proxy:
     def __init__(self) -> None:
-        self._session: aiohttp.ClientSession | None = None
+        self._upstream: Upstream | None = None
 
     def open(self) -> None:
-        self._session = create_session()
+        # Generations can stream for many minutes: only connecting is bounded.
+        self._upstream = Upstream(limit=1024, keepalive_secs=30, connect_secs=10)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._upstream is not None:
+            await self._upstream.close()
+            self._upstream = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError("the proxy's client session is not open")
-        return self._session
+    def upstream(self) -> Upstream:
+        if self._upstream is None:
+            raise RuntimeError("the proxy's upstream client is not open")
+        return self._upstream
 
     async def forward(
         self,
@@ -150,44 +153,23 @@ class Proxy:
         guard: InFlightGuard,
         drop_authorization: bool,
         decoded: bool,
-    ) -> aiohttp.ClientResponse:
+    ) -> Response:
         """The backend's answer, up to its headers."""
         drop = _DROP_REQUEST_AND_AUTH if drop_authorization else _DROP_REQUEST
         if decoded:
-            drop = drop | {"content-encoding"}
-        headers = _filtered(request.headers, drop)
-        _append_forwarded_for(headers, request.remote)
-        url = URL(f"http://127.0.0.1:{model.port}{_target(request)}", encoded=True)
+            drop = drop | {b"content-encoding"}
+        fields = _forwarded_fields(request, drop)
         # Cutting closes the client's connection; with handler cancellation that also
         # cancels a request still waiting for the backend's headers.
         guard.on_cut = lambda: _cut(request, None)
         try:
-            return await self._send(request.method, url, headers, body, model)
+            return await self.upstream.request(
+                model.port, request.method, _target(request), fields, body
+            )
+        except UpstreamError as exc:
+            raise _backend_error(model, exc) from None
         finally:
             guard.on_cut = None
-
-    async def _send(
-        self,
-        method: str,
-        url: URL,
-        headers: CIMultiDict[str],
-        body: bytes,
-        model: ModelConfig,
-    ) -> aiohttp.ClientResponse:
-        for attempt in (1, 2):
-            try:
-                if len(body) > _RAW_BYTES_LIMIT:  # streamed: say its length, or it is chunked
-                    headers["Content-Length"] = str(len(body))
-                return await self.session.request(
-                    method, url, headers=headers, data=_payload(body), allow_redirects=False
-                )
-            except _STALE_CONNECTION as exc:
-                if attempt == 1 and not isinstance(exc, aiohttp.ClientConnectorError):
-                    continue  # a dead pooled connection: nothing reached the client yet
-                raise _backend_error(model, exc) from None
-            except (aiohttp.ClientError, OSError) as exc:
-                raise _backend_error(model, exc) from None
-        raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _backend_error(model: ModelConfig, exc: BaseException) -> BackendError:
@@ -202,20 +184,20 @@ def _backend_error(model: ModelConfig, exc: BaseException) -> BackendError:
     return BackendError(f"backend of model {model.id!r} failed: {reason}")
 
 
-def _is_small(request: web.Request, upstream: aiohttp.ClientResponse) -> bool:
+def _is_small(request: web.Request, upstream: Response) -> bool:
     length = upstream.content_length
     return length is not None and length <= SMALL_REPLY and request.method != "HEAD"
 
 
 async def _answer_whole(
-    model: ModelConfig, upstream: aiohttp.ClientResponse, guard: InFlightGuard
+    model: ModelConfig, upstream: Response, guard: InFlightGuard
 ) -> web.Response:
     """A reply of known, small length, read whole and sent in one write (headers and
     body together, as aiohttp does for a `web.Response`). Nothing has reached the
     client yet if the backend fails while sending it: that is a 502, not a cut reply."""
     try:
         data = await upstream.read()
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+    except UpstreamError as exc:
         if guard.was_cut:
             # A drain timeout closed both connections (logged as drain_timeout): the
             # backend did not fail, and the client can be sent nothing. Counted as a
@@ -225,32 +207,29 @@ async def _answer_whole(
     except asyncio.CancelledError:
         _client_disconnected(model)
         raise
-    headers = _filtered(upstream.headers, HOP_BY_HOP)
+    headers = _passed_back(upstream)
     return web.Response(status=upstream.status, reason=upstream.reason, body=data, headers=headers)
 
 
 async def _stream(
     request: web.Request,
     model: ModelConfig,
-    upstream: aiohttp.ClientResponse,
+    upstream: Response,
     guard: InFlightGuard,
     on_started: Callable[[int], None] | None,
 ) -> web.StreamResponse:
     """Anything else, passed on as its bytes arrive (`iter_any()`)."""
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    response.headers.extend(_filtered(upstream.headers, HOP_BY_HOP))
+    response.headers.extend(_passed_back(upstream))
     tail = b""  # the last bytes sent: has the client had an event stream's end?
     try:
         await response.prepare(request)
         if on_started is not None:
             on_started(response.status)
-        async for chunk in upstream.content.iter_any():
+        async for chunk in upstream.iter_any():
             await response.write(chunk)
             tail = (tail + chunk)[-_END_LEN:] if len(chunk) < _END_LEN else chunk[-_END_LEN:]
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
-        if isinstance(exc, ConnectionResetError) and _client_gone(request) and not guard.was_cut:
-            _client_disconnected(model, tail == _STREAM_END)
-            raise ClientGone(response) from None
+    except UpstreamError as exc:
         if not guard.was_cut:  # a drain timeout is logged as drain_timeout
             logger.warning(
                 "backend of %r failed mid-response: %s",
@@ -261,41 +240,18 @@ async def _stream(
         # The client must see a cut stream, not a complete answer.
         if request.transport is not None:
             request.transport.close()
-    except ConnectionResetError:
-        _client_disconnected(model, tail == _STREAM_END)
-        raise ClientGone(response) from None
+    except ConnectionResetError:  # writing to a client that has gone
+        if not guard.was_cut:  # (a drain timeout closed it: logged as drain_timeout)
+            _client_disconnected(model, tail == _STREAM_END)
+            raise ClientGone(response) from None
     except asyncio.CancelledError:
         _client_disconnected(model, tail == _STREAM_END)
         raise
     return response
 
 
-def _payload(body: bytes) -> bytes | AsyncIterator[memoryview]:
-    # aiohttp warns about (and, in tests, fails on) more than 1 MiB of raw bytes at once,
-    # and a BytesIO would be copied twice: slices of a memoryview copy nothing. A fresh
-    # iterator per attempt (it is consumed); the caller sets Content-Length.
-    return _slices(body) if len(body) > _RAW_BYTES_LIMIT else body
-
-
-async def _slices(body: bytes) -> AsyncIterator[memoryview]:
-    view = memoryview(body)
-    for start in range(0, len(view), _RAW_BYTES_LIMIT):
-        yield view[start : start + _RAW_BYTES_LIMIT]
-
-
-def _append_forwarded_for(headers: CIMultiDict[str], peer: str | None) -> None:
-    """X-Forwarded-For as a proxy writes it: what the client sent (a claim, kept as such)
-    followed by the address the request really came from (docs/design.md §5)."""
-    claimed = [value for value in headers.popall("X-Forwarded-For", ()) if value.strip()]
-    headers["X-Forwarded-For"] = ", ".join([*claimed, peer or "unknown"])
-
-
 def _target(request: web.Request) -> str:
     return request_target(request)  # the target whose path `proxy_paths` let through
-
-
-def _client_gone(request: web.Request) -> bool:
-    return request.transport is None or request.transport.is_closing()
 
 
 def _client_disconnected(model: ModelConfig, ended: bool = False) -> None:
@@ -311,7 +267,7 @@ def _client_disconnected(model: ModelConfig, ended: bool = False) -> None:
     )
 
 
-def _cut(request: web.Request, upstream: aiohttp.ClientResponse | None) -> None:
+def _cut(request: web.Request, upstream: Response | None) -> None:
     if upstream is not None:
         upstream.close()
     if request.transport is not None:

@@ -1,0 +1,656 @@
+"""The client side of the proxy: HTTP/1.1 to the backends on 127.0.0.1 (docs/design.md §4).
+
+One pool of keep-alive connections per backend port; each connection is an asyncio
+protocol that writes a request in one go and reads the answer itself: the status line and
+headers, then the body as its framing says (Content-Length, chunked, or until the backend
+closes). It does only what a proxy to a local backend needs — no redirects, cookies,
+proxies, TLS or decompression — and costs about a third of what aiohttp's general client
+costs per request (docs/decisions.md, "Issue 12: the upstream client").
+
+A connection goes back to its pool only after a complete answer, framed so that nothing is
+left over, on a connection both sides keep alive; anything else closes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOST = "127.0.0.1"
+# A status line and headers larger than this are not an answer we pass on.
+MAX_HEAD_BYTES = 64 * 1024
+# A chunk-size line (with extensions) or trailer line longer than this is refused.
+_MAX_LINE = 8 * 1024
+# Reading from the backend pauses while this much of a streamed answer waits for the client.
+_HIGH_WATER = 256 * 1024
+# A large request body is written in slices of this size (3.11's transport copies the
+# part of a write the socket does not take at once).
+_WRITE_SLICE = 1024 * 1024
+# A request body up to this size is written together with the request's head.
+_ONE_WRITE = 64 * 1024
+
+_STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?")
+_FIELD_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*?)[ \t]*")
+# RFC 9110 §5.5: control characters other than HTAB are not allowed in field values.
+_FORBIDDEN_IN_HEAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CHUNK_SIZE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?")
+_BODYLESS_STATUS = frozenset({204, 304})
+_FRAMING = frozenset({"connection", "content-length", "transfer-encoding"})
+# Methods whose requests carry a Content-Length even when their body is empty.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class UpstreamError(Exception):
+    """The backend could not be reached, or did not answer in HTTP/1.x."""
+
+
+class ConnectFailed(UpstreamError):
+    """No connection to the backend's port (nothing was sent)."""
+
+
+class ConnectionClosed(UpstreamError):
+    """The backend closed the connection before its answer was complete."""
+
+    def __init__(self, message: str, *, answered: bool) -> None:
+        super().__init__(message)
+        self.answered = answered  # did any byte of an answer arrive?
+
+
+class BadResponse(UpstreamError):
+    """What the backend sent is not an HTTP/1.x answer this proxy can pass on."""
+
+
+class Response:
+    """A backend's answer: the head at once, the body as it arrives (`read`, `iter_any`).
+    `close()` hands a finished connection back to its pool and aborts an unfinished one;
+    it must be called once the answer is done with, whatever happened."""
+
+    def __init__(
+        self,
+        connection: _Connection,
+        status: int,
+        reason: str,
+        fields: list[tuple[str, str]],
+        content_length: int | None,
+        connection_tokens: set[str],
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.fields = fields  # the header fields in their order, names as sent
+        # The body's length when the backend framed it with Content-Length, else None.
+        self.content_length = content_length
+        # The lowercased tokens of its Connection header: the fields they name, too, are
+        # meant for this hop only (RFC 9110 §7.6.1).
+        self.connection_tokens = connection_tokens
+        self._connection = connection
+        self._chunks: list[bytes] = []
+        self._buffered = 0
+        self._complete = False
+        self._error: UpstreamError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._closed = False
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return CIMultiDictProxy(CIMultiDict(self.fields))
+
+    async def read(self) -> bytes:
+        """The whole body (for answers known to be small)."""
+        while not self._complete:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+    async def iter_any(self) -> AsyncIterator[bytes]:
+        """The body's bytes as they arrive: everything received so far, each time."""
+        while True:
+            if self._chunks:
+                data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+                self._chunks.clear()
+                self._buffered = 0
+                self._connection.resume_reading()
+                yield data
+            elif self._error is not None:
+                raise self._error
+            elif self._complete:
+                return
+            else:
+                await self._wait()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self._complete and self._error is None:
+            self._fail(ConnectionClosed("the answer was abandoned", answered=True))
+        self._connection.answer_closed(self._complete)
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _feed(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._buffered += len(data)
+        if self._buffered > _HIGH_WATER:
+            self._connection.pause_reading()
+        self._wake()
+
+    def _finish(self) -> None:
+        self._complete = True
+        self._wake()
+
+    def _fail(self, error: UpstreamError) -> None:
+        if not self._complete and self._error is None:
+            self._error = error
+            self._wake()
+
+
+# What a connection is reading.
+_IDLE, _HEAD, _LENGTH, _CHUNKED, _UNTIL_CLOSE, _DONE = range(6)
+# Where it is inside a chunked body.
+_SIZE_LINE, _CHUNK_DATA, _CHUNK_END, _TRAILER = range(4)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, pool: Upstream, port: int) -> None:
+        self.pool = pool
+        self.port = port
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.reused = False  # has it answered a request before this one?
+        self.idle_since = 0.0
+        self._state = _IDLE
+        self._head_request = False
+        self._keep_alive = False
+        self._answered = False
+        self._buffer = b""  # an incomplete head or chunk line
+        self._remaining = 0  # body bytes (_LENGTH) or chunk bytes (_CHUNK_DATA) still to come
+        self._chunk_state = _SIZE_LINE
+        self._head_waiter: asyncio.Future[Response] | None = None
+        self._response: Response | None = None
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._reading_paused = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._answered = True
+        state = self._state
+        if state == _LENGTH:
+            self._length_data(data)
+        elif state == _CHUNKED:
+            self._chunked_data(data)
+        elif state == _UNTIL_CLOSE:
+            self._body(data)
+        elif state == _HEAD:
+            self._head_data(data)
+        else:  # bytes nobody asked for: this connection cannot be trusted any more
+            self._keep_alive = False
+            self._abort()
+
+    def eof_received(self) -> bool:
+        return False  # the transport closes; connection_lost ends what was under way
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        if self._state == _UNTIL_CLOSE and exc is None:  # the end of such a body
+            self._done()
+        elif self._state not in (_IDLE, _DONE):
+            reason = f": {exc}" if exc is not None else ""
+            self._fail(
+                ConnectionClosed(
+                    f"the backend closed the connection{reason}", answered=self._answered
+                )
+            )
+        self._wake_drain()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+
+    # -- one request -------------------------------------------------------------------
+
+    async def send(self, head: bytes, body: bytes, head_request: bool) -> Response:
+        """Write one request and wait for its answer's head."""
+        transport = self.transport
+        assert transport is not None
+        self._state = _HEAD
+        self._head_request = head_request
+        self._answered = False
+        self._response = None
+        waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._head_waiter = waiter
+        if len(body) <= _ONE_WRITE:
+            transport.write(head + body)
+        else:
+            transport.write(head)
+            await self._write_slices(body, waiter)
+        return await waiter
+
+    async def _write_slices(self, body: bytes, answered: asyncio.Future[Response]) -> None:
+        view = memoryview(body)
+        for start in range(0, len(view), _WRITE_SLICE):
+            if self._write_paused:
+                self._drain_waiter = asyncio.get_running_loop().create_future()
+                await asyncio.wait(
+                    (self._drain_waiter, answered), return_when=asyncio.FIRST_COMPLETED
+                )
+            if answered.done() or self.closed or self.transport is None:
+                # It answered (or failed) before taking the whole body: never reused.
+                self._keep_alive = False
+                return
+            self.transport.write(view[start : start + _WRITE_SLICE])
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._drain_waiter = None
+
+    def answer_closed(self, complete: bool) -> None:
+        """The proxy is done with the answer: reuse the connection or close it."""
+        if complete and self._state == _DONE and self._keep_alive and not self.closed:
+            self._state = _IDLE
+            self._response = None
+            self.reused = True
+            self.pool.release(self)
+        else:
+            self._abort()
+            self.pool.release(None)
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def _abort(self) -> None:
+        self._keep_alive = False
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _fail(self, error: UpstreamError) -> None:
+        self._keep_alive = False
+        if self._head_waiter is not None and not self._head_waiter.done():
+            self._head_waiter.set_exception(error)
+            self._head_waiter = None
+        if self._response is not None:
+            self._response._fail(error)
+
+    def _bad(self, message: str) -> None:
+        self._fail(BadResponse(message))
+        self._state = _DONE
+        self._abort()
+
+    # -- the answer's head -------------------------------------------------------------
+
+    def _head_data(self, data: bytes) -> None:
+        buffer = self._buffer + data if self._buffer else data
+        while True:
+            end = buffer.find(b"\r\n\r\n")
+            cut = 4
+            lf_end = buffer.find(b"\n\n")
+            if lf_end != -1 and (end == -1 or lf_end < end):
+                end, cut = lf_end, 2
+            if end == -1:
+                if len(buffer) > MAX_HEAD_BYTES:
+                    self._bad(f"the backend's response head is over {MAX_HEAD_BYTES} bytes")
+                else:
+                    self._buffer = buffer
+                return
+            if end > MAX_HEAD_BYTES:
+                self._bad(f"the backend's response head is over {MAX_HEAD_BYTES} bytes")
+                return
+            rest = buffer[end + cut :]
+            if not self._take_head(buffer[:end]):
+                return
+            if self._state != _HEAD:  # a final answer: the rest is its body
+                self._buffer = b""
+                if rest:
+                    self.data_received(rest)
+                return
+            buffer = rest  # an interim (1xx) answer was skipped: the next head follows
+
+    def _take_head(self, raw: bytes) -> bool:
+        text = raw.decode("utf-8", "surrogateescape")
+        if _FORBIDDEN_IN_HEAD.search(text) is not None:
+            self._bad("the backend's response head has control characters")
+            return False
+        lines = text.split("\n")
+        status_line = _STATUS_LINE.fullmatch(lines[0].rstrip("\r"))
+        if status_line is None:
+            self._bad(f"the backend did not answer in HTTP/1.x: {lines[0][:80]!r}")
+            return False
+        version, code_text, reason = status_line.groups()
+        code = int(code_text)
+        fields: list[tuple[str, str]] = []
+        framing: dict[str, list[str]] = {}  # the fields that frame the body, by lower name
+        for line in lines[1:]:
+            field = _FIELD_LINE.fullmatch(line.rstrip("\r"))
+            if field is None:
+                self._bad(f"the backend sent a malformed header line: {line[:80]!r}")
+                return False
+            name, value = field.groups()
+            fields.append((name, value))
+            lower = name.lower()
+            if lower in _FRAMING:
+                framing.setdefault(lower, []).append(value)
+        if code < 200:
+            if code == 101:
+                self._bad("the backend switched protocols, which this proxy does not pass on")
+                return False
+            return True  # 100, 103: interim answers, skipped
+        return self._start_body(version, code, reason or "", fields, framing)
+
+    def _start_body(
+        self,
+        version: str,
+        code: int,
+        reason: str,
+        fields: list[tuple[str, str]],
+        framing: dict[str, list[str]],
+    ) -> bool:
+        """Decide the body's framing (RFC 9112 §6.3) and hand the head over."""
+        connection = _tokens(framing.get("connection", ()))
+        self._keep_alive = (
+            "close" not in connection if version == "1" else "keep-alive" in connection
+        )
+        lengths = framing.get("content-length")
+        content_length: int | None = None
+        if lengths is not None:
+            # RFC 9110 §8.6: repeated values are allowed only when they are all the same.
+            values = {_int_or_none(v) for value in lengths for v in value.split(",")}
+            if len(values) != 1 or None in values:
+                self._bad("the backend sent an invalid Content-Length")
+                return False
+            content_length = values.pop()
+        codings = framing.get("transfer-encoding")
+        if self._head_request or code in _BODYLESS_STATUS:
+            self._state = _DONE
+        elif codings is not None:
+            content_length = None
+            if codings[-1].split(",")[-1].strip().lower() == "chunked":
+                self._state = _CHUNKED
+                self._chunk_state = _SIZE_LINE
+                if lengths is not None:  # RFC 9112 §6.1: a sign of smuggling
+                    self._keep_alive = False
+            else:
+                self._state = _UNTIL_CLOSE
+                self._keep_alive = False
+        elif content_length is not None:
+            self._remaining = content_length
+            self._state = _LENGTH if content_length else _DONE
+        else:
+            self._state = _UNTIL_CLOSE
+            self._keep_alive = False
+        response = self._response = Response(self, code, reason, fields, content_length, connection)
+        if self._state == _DONE:
+            response._finish()
+        waiter = self._head_waiter
+        self._head_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+        return True
+
+    # -- the answer's body -------------------------------------------------------------
+
+    def _body(self, data: bytes) -> None:
+        if self._response is not None:
+            self._response._feed(data)
+
+    def _length_data(self, data: bytes) -> None:
+        if len(data) < self._remaining:
+            self._remaining -= len(data)
+            self._body(data)
+            return
+        if len(data) > self._remaining:  # bytes beyond the answer: never reuse
+            self._keep_alive = False
+            data = data[: self._remaining]
+        self._remaining = 0
+        self._body(data)
+        self._done()
+
+    def _done(self) -> None:
+        self._state = _DONE
+        if self._response is not None:
+            self._response._finish()
+
+    def _chunked_data(self, data: bytes) -> None:
+        if self._buffer:
+            data = self._buffer + data
+            self._buffer = b""
+        pieces: list[bytes] = []
+        at = 0
+        size = len(data)
+        finished = False
+        while at < size:
+            if self._chunk_state == _CHUNK_DATA:
+                take = min(self._remaining, size - at)
+                pieces.append(data[at : at + take] if take < size else data)
+                at += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    self._chunk_state = _CHUNK_END
+                continue
+            end = data.find(b"\n", at)
+            if end == -1:
+                if size - at > _MAX_LINE:
+                    self._bad("the backend sent an over-long chunk line")
+                    return
+                self._buffer = data[at:]
+                break
+            line = data[at:end]
+            at = end + 1
+            if self._chunk_state == _SIZE_LINE:
+                match = _CHUNK_SIZE.fullmatch(line)
+                if match is None:
+                    self._bad(f"the backend sent an invalid chunk size line: {line[:40]!r}")
+                    return
+                self._remaining = int(match[1], 16)
+                self._chunk_state = _CHUNK_DATA if self._remaining else _TRAILER
+            elif self._chunk_state == _CHUNK_END:
+                if line not in (b"", b"\r"):
+                    self._bad("the backend's chunk is longer than its size line says")
+                    return
+                self._chunk_state = _SIZE_LINE
+            elif line in (b"", b"\r"):  # the end of the trailer section
+                finished = True
+                break
+            elif len(line) > _MAX_LINE:
+                self._bad("the backend sent an over-long trailer line")
+                return
+        if pieces:
+            self._body(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        if finished:
+            if at < size:  # bytes beyond the answer: never reuse
+                self._keep_alive = False
+            self._done()
+
+
+def _tokens(values: Iterable[str]) -> set[str]:
+    return {token.strip().lower() for value in values for token in value.split(",")}
+
+
+def _int_or_none(value: str) -> int | None:
+    value = value.strip()
+    return int(value) if value.isascii() and value.isdigit() else None
+
+
+def header_lines(fields: Iterable[tuple[bytes, bytes]]) -> bytes:
+    """Header fields as the lines of a request head. Their bytes go out as they came in
+    (aiohttp's parser has checked them); a line break or other control character in one
+    is refused all the same, so no field can ever add another."""
+    count = 0
+    lines: list[bytes] = []
+    for name, value in fields:
+        lines.append(name + b": " + value + b"\r\n")
+        count += 1
+    text = b"".join(lines)
+    if (
+        _CONTROL_BYTES.search(text) is not None
+        or text.count(b"\n") != count
+        or text.count(b"\r") != count
+        or text.count(b"\r\n") != count
+    ):
+        raise ValueError("a header to forward has a control character")
+    return text
+
+
+def request_head(method: str, target: str, port: int, fields: bytes, body_length: int) -> bytes:
+    """The request line and headers: `fields` from `header_lines`, then Host and the body's
+    length (said even when it is 0 for a method that normally carries a body)."""
+    length = (
+        b"Content-Length: %d\r\n" % body_length if body_length or method in _BODY_METHODS else b""
+    )
+    start = f"{method} {target} HTTP/1.1\r\nHost: {HOST}:{port}\r\n".encode(
+        "utf-8", "surrogateescape"
+    )
+    return start + fields + length + b"\r\n"
+
+
+class Upstream:
+    """The pools of connections to the backends, one per port.
+
+    `limit`: requests under way at once (waiting for a connection beyond that); idle
+    connections are closed after `keepalive_secs`; connecting is bounded by `connect_secs`.
+    """
+
+    def __init__(
+        self, limit: int = 1024, keepalive_secs: float = 30.0, connect_secs: float = 10.0
+    ) -> None:
+        self._slots = asyncio.Semaphore(limit)
+        self._keepalive_secs = keepalive_secs
+        self._connect_secs = connect_secs
+        self._idle: dict[int, list[_Connection]] = {}
+        self._open: set[_Connection] = set()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._closed = False
+
+    async def request(
+        self, port: int, method: str, target: str, fields: bytes, body: bytes
+    ) -> Response:
+        """Send one request and return its answer once its head is in. A pooled connection
+        found closed before it answered is replaced once (nothing reached the client)."""
+        head = request_head(method, target, port, fields, len(body))
+        for attempt in (1, 2):
+            await self._slots.acquire()
+            connection: _Connection | None = None
+            try:
+                connection = self._pooled(port) or await self._connect(port)
+                return await connection.send(head, body, method == "HEAD")
+            except ConnectionClosed as exc:
+                self._slots.release()
+                stale = connection is not None and connection.reused and not exc.answered
+                if attempt == 1 and stale:
+                    continue  # a pooled connection the backend had closed meanwhile
+                raise
+            except BaseException:
+                self._slots.release()
+                if connection is not None:
+                    connection._abort()
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _pooled(self, port: int) -> _Connection | None:
+        idle = self._idle.get(port)
+        while idle:
+            connection = idle.pop()
+            if not connection.closed:
+                return connection
+        return None
+
+    async def _connect(self, port: int) -> _Connection:
+        if self._closed:
+            raise ConnectFailed("the proxy is shutting down")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._connect_secs):
+                _, connection = await loop.create_connection(
+                    lambda: _Connection(self, port), HOST, port
+                )
+        except TimeoutError:
+            raise ConnectFailed(
+                f"cannot connect to {HOST}:{port}: no answer in {self._connect_secs:g}s"
+            ) from None
+        except OSError as exc:
+            raise ConnectFailed(f"cannot connect to {HOST}:{port}: {exc.strerror or exc}") from None
+        self._open.add(connection)
+        return connection
+
+    def release(self, connection: _Connection | None) -> None:
+        """An answer is done with: its slot is free, and its connection (if reusable)
+        waits for the next request to the same port."""
+        self._slots.release()
+        if connection is None:
+            return
+        if self._closed:
+            connection._abort()
+            return
+        loop = asyncio.get_running_loop()
+        connection.idle_since = loop.time()
+        self._idle.setdefault(connection.port, []).append(connection)
+        if self._sweep is None:
+            self._sweep = loop.call_later(self._keepalive_secs, self._close_expired)
+
+    def forget(self, connection: _Connection) -> None:
+        self._open.discard(connection)
+
+    def _close_expired(self) -> None:
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        expired_before = loop.time() - self._keepalive_secs
+        oldest: float | None = None
+        for port, idle in list(self._idle.items()):
+            keep = [c for c in idle if not c.closed and c.idle_since > expired_before]
+            for connection in idle:
+                if not connection.closed and connection.idle_since <= expired_before:
+                    connection._abort()
+            if keep:
+                self._idle[port] = keep
+                first = keep[0].idle_since
+                oldest = first if oldest is None else min(oldest, first)
+            else:
+                del self._idle[port]
+        if oldest is not None:
+            delay = max(0.0, oldest + self._keepalive_secs - loop.time())
+            self._sweep = loop.call_later(delay, self._close_expired)
+
+    def idle_connections(self, port: int) -> int:
+        return sum(1 for c in self._idle.get(port, ()) if not c.closed)
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
+        for connection in list(self._open):
+            connection._abort()
+        self._idle.clear()
