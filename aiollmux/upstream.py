@@ -37,7 +37,8 @@ _FIELD_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*?)[ \t]*
 # RFC 9110 §5.5: control characters other than HTAB are not allowed in field values.
 _FORBIDDEN_IN_HEAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_CHUNK_SIZE = re.compile(rb"[ \t]*([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?")
+# A chunk-size line, extensions and all (RFC 9112 §7.1.1), up to its line end.
+_CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]{0,4096})?\r?\n")
 _BODYLESS_STATUS = frozenset({204, 304})
 _FRAMING = frozenset({"connection", "content-length", "transfer-encoding"})
 # Methods whose requests carry a Content-Length even when their body is empty.
@@ -444,22 +445,42 @@ class _Connection(asyncio.Protocol):
             self._response._finish()
 
     def _chunked_data(self, data: bytes) -> None:
+        """Chunked framing (RFC 9112 §7.1), the common steps first: a size line matched
+        where it starts, the data sliced, its CRLF checked in place (an event stream
+        brings dozens of chunks per read)."""
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
         pieces: list[bytes] = []
         at = 0
         size = len(data)
+        state = self._chunk_state
         finished = False
         while at < size:
-            if self._chunk_state == _CHUNK_DATA:
-                take = min(self._remaining, size - at)
-                pieces.append(data[at : at + take] if take < size else data)
-                at += take
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._chunk_state = _CHUNK_END
+            if state == _CHUNK_DATA:
+                end = at + self._remaining
+                if end <= size:
+                    pieces.append(data[at:end])
+                    at = end
+                    self._remaining = 0
+                    state = _CHUNK_END
+                else:
+                    pieces.append(data[at:] if at else data)
+                    self._remaining = end - size
+                    at = size
                 continue
+            if state == _CHUNK_END and data.startswith(b"\r\n", at):
+                at += 2
+                state = _SIZE_LINE
+                continue
+            if state == _SIZE_LINE:
+                match = _CHUNK_SIZE_LINE.match(data, at)
+                if match is not None:
+                    self._remaining = int(match[1], 16)
+                    at = match.end()
+                    state = _CHUNK_DATA if self._remaining else _TRAILER
+                    continue
+            # A line the steps above did not take: incomplete, a bare LF, or wrong.
             end = data.find(b"\n", at)
             if end == -1:
                 if size - at > _MAX_LINE:
@@ -469,24 +490,21 @@ class _Connection(asyncio.Protocol):
                 break
             line = data[at:end]
             at = end + 1
-            if self._chunk_state == _SIZE_LINE:
-                match = _CHUNK_SIZE.fullmatch(line)
-                if match is None:
-                    self._bad(f"the backend sent an invalid chunk size line: {line[:40]!r}")
-                    return
-                self._remaining = int(match[1], 16)
-                self._chunk_state = _CHUNK_DATA if self._remaining else _TRAILER
-            elif self._chunk_state == _CHUNK_END:
+            if state == _SIZE_LINE:
+                self._bad(f"the backend sent an invalid chunk size line: {line[:40]!r}")
+                return
+            if state == _CHUNK_END:
                 if line not in (b"", b"\r"):
                     self._bad("the backend's chunk is longer than its size line says")
                     return
-                self._chunk_state = _SIZE_LINE
+                state = _SIZE_LINE
             elif line in (b"", b"\r"):  # the end of the trailer section
                 finished = True
                 break
             elif len(line) > _MAX_LINE:
                 self._bad("the backend sent an over-long trailer line")
                 return
+        self._chunk_state = state
         if pieces:
             self._body(pieces[0] if len(pieces) == 1 else b"".join(pieces))
         if finished:
