@@ -32,10 +32,11 @@ _WRITE_SLICE = 1024 * 1024
 # A request body up to this size is written together with the request's head.
 _ONE_WRITE = 64 * 1024
 
-_STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: ([^\r\n]*))?")
-_FIELD_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+):[ \t]*([^\r\n]*?)[ \t]*")
+_STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: ([^\n]*))?")
+# Field names, one a line: tokens (RFC 9110 §5.6.2).
+_FIELD_NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:\n[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
 # RFC 9110 §5.5: control characters other than HTAB are not allowed in field values.
-_FORBIDDEN_IN_HEAD = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_FORBIDDEN_IN_HEAD = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 # A chunk-size line, extensions and all (RFC 9112 §7.1.1), up to its line end.
 _CHUNK_SIZE_LINE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]{0,4096})?\r?\n")
@@ -342,28 +343,37 @@ class _Connection(asyncio.Protocol):
 
     def _take_head(self, raw: bytes) -> bool:
         text = raw.decode("utf-8", "surrogateescape")
+        if "\r" in text:
+            text = text.replace("\r\n", "\n")  # a CR left is a control character below
         if _FORBIDDEN_IN_HEAD.search(text) is not None:
             self._bad("the backend's response head has control characters")
             return False
-        lines = text.split("\n")
-        status_line = _STATUS_LINE.fullmatch(lines[0].rstrip("\r"))
-        if status_line is None:
-            self._bad(f"the backend did not answer in HTTP/1.x: {lines[0][:80]!r}")
+        status_line, _, field_text = text.partition("\n")
+        status = _STATUS_LINE.fullmatch(status_line)
+        if status is None:
+            self._bad(f"the backend did not answer in HTTP/1.x: {status_line[:80]!r}")
             return False
-        version, code_text, reason = status_line.groups()
+        version, code_text, reason = status.groups()
         code = int(code_text)
         fields: list[tuple[str, str]] = []
         framing: dict[str, list[str]] = {}  # the fields that frame the body, by lower name
-        for line in lines[1:]:
-            field = _FIELD_LINE.fullmatch(line.rstrip("\r"))
-            if field is None:
-                self._bad(f"the backend sent a malformed header line: {line[:80]!r}")
+        if field_text:
+            names: list[str] = []
+            for line in field_text.split("\n"):
+                name, colon, value = line.partition(":")
+                if not colon:
+                    self._bad(f"the backend sent a malformed header line: {line[:80]!r}")
+                    return False
+                names.append(name)
+                value = value.strip(" \t")
+                fields.append((name, value))
+                lower = name.lower()
+                if lower in _FRAMING:
+                    framing.setdefault(lower, []).append(value)
+            # Every name a token (no space before the colon, no folded line), checked at once.
+            if _FIELD_NAMES.fullmatch("\n".join(names)) is None:
+                self._bad(f"the backend sent a malformed header name in {field_text[:80]!r}")
                 return False
-            name, value = field.groups()
-            fields.append((name, value))
-            lower = name.lower()
-            if lower in _FRAMING:
-                framing.setdefault(lower, []).append(value)
         if code < 200:
             if code == 101:
                 self._bad("the backend switched protocols, which this proxy does not pass on")
