@@ -81,10 +81,21 @@ def _forwarded_fields(request: web.Request, drop: frozenset[bytes]) -> bytes:
     return header_lines(kept)
 
 
-def _passed_back(upstream: Response) -> list[tuple[str, str]]:
-    """The backend's header fields as they go to the client."""
-    drop = HOP_BY_HOP | upstream.connection_tokens if upstream.connection_tokens else HOP_BY_HOP
-    return [(name, value) for name, value in upstream.fields if name.lower() not in drop]
+# The body's length is said once, by us: from the framing the backend used (a value list
+# such as "2, 2" is one length; Transfer-Encoding with a length was refused upstream).
+_DROP_BACK = HOP_BY_HOP | {"content-length"}
+
+
+def _passed_back(upstream: Response, *, length: bool) -> list[tuple[str, str]]:
+    """The backend's header fields as they go to the client; `length`: with the body's
+    Content-Length when the backend framed it so (else aiohttp says the length of the
+    body it is given, or chunks it)."""
+    tokens = upstream.connection_tokens
+    drop = _DROP_BACK | tokens if tokens else _DROP_BACK
+    fields = [(name, value) for name, value in upstream.fields if name.lower() not in drop]
+    if length and upstream.content_length is not None:
+        fields.append(("Content-Length", str(upstream.content_length)))
+    return fields
 
 
 class ClientGone(Exception):
@@ -207,7 +218,7 @@ async def _answer_whole(
     except asyncio.CancelledError:
         _client_disconnected(model)
         raise
-    headers = _passed_back(upstream)
+    headers = _passed_back(upstream, length=False)
     return web.Response(status=upstream.status, reason=upstream.reason, body=data, headers=headers)
 
 
@@ -220,7 +231,7 @@ async def _stream(
 ) -> web.StreamResponse:
     """Anything else, passed on as its bytes arrive (`iter_any()`)."""
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
-    response.headers.extend(_passed_back(upstream))
+    response.headers.extend(_passed_back(upstream, length=True))
     tail = b""  # the last bytes sent: has the client had an event stream's end?
     try:
         await response.prepare(request)

@@ -32,6 +32,8 @@ _WRITE_SLICE = 1024 * 1024
 # A request body up to this size is written together with the request's head.
 _ONE_WRITE = 64 * 1024
 
+# The blank line that ends a head; a line may end in CRLF or a bare LF (RFC 9112 §2.2).
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
 _STATUS_LINE = re.compile(r"HTTP/1\.([01]) ([0-9]{3})(?: ([^\n]*))?")
 # Field names, one a line: tokens (RFC 9110 §5.6.2).
 _FIELD_NAMES = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+(?:\n[!#$%&'*+.^_`|~0-9A-Za-z-]+)*")
@@ -188,6 +190,9 @@ class _Connection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._reading_paused = False
+        self._aborted = False  # closed by us: a body until close is then cut, not complete
+        self._with_body = False  # did the request carry a body?
+        self._body_sent = True  # has all of it been handed to the transport?
 
     # -- asyncio.Protocol --------------------------------------------------------------
 
@@ -216,8 +221,8 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.pool.forget(self)
-        if self._state == _UNTIL_CLOSE and exc is None:  # the end of such a body
-            self._done()
+        if self._state == _UNTIL_CLOSE and exc is None and not self._aborted:
+            self._done()  # the end of such a body (not our own abort: that cuts it)
         elif self._state not in (_IDLE, _DONE):
             reason = f": {exc}" if exc is not None else ""
             self._fail(
@@ -244,28 +249,36 @@ class _Connection(asyncio.Protocol):
         self._head_request = head_request
         self._answered = False
         self._response = None
+        self._with_body = bool(body)
         waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._head_waiter = waiter
         if len(body) <= _ONE_WRITE:
             transport.write(head + body)
+            self._body_sent = True
         else:
+            self._body_sent = False
             transport.write(head)
-            await self._write_slices(body, waiter)
+            await self._write_slices(body)
         return await waiter
 
-    async def _write_slices(self, body: bytes, answered: asyncio.Future[Response]) -> None:
+    async def _write_slices(self, body: bytes) -> None:
+        """A large body, a slice at a time as the socket takes them. The backend may answer
+        meanwhile and still read the rest (full duplex): writing goes on until its answer is
+        complete or has failed."""
         view = memoryview(body)
         for start in range(0, len(view), _WRITE_SLICE):
-            if self._write_paused:
+            while self._write_paused and not self._writing_moot():
                 self._drain_waiter = asyncio.get_running_loop().create_future()
-                await asyncio.wait(
-                    (self._drain_waiter, answered), return_when=asyncio.FIRST_COMPLETED
-                )
-            if answered.done() or self.closed or self.transport is None:
-                # It answered (or failed) before taking the whole body: never reused.
-                self._keep_alive = False
+                await self._drain_waiter
+            if self._writing_moot():
+                self._keep_alive = False  # the backend did not take the whole body
                 return
+            assert self.transport is not None
             self.transport.write(view[start : start + _WRITE_SLICE])
+        self._body_sent = True
+
+    def _writing_moot(self) -> bool:
+        return self.closed or self.transport is None or self._state == _DONE
 
     def _wake_drain(self) -> None:
         waiter = self._drain_waiter
@@ -294,13 +307,23 @@ class _Connection(asyncio.Protocol):
             self._reading_paused = False
             self.transport.resume_reading()
 
+    def abandon(self) -> None:
+        """Close it for a request given up on (cancelled, failed): nobody waits for its
+        answer any more, so the failure to come is not set on a future nobody reads."""
+        if self._head_waiter is not None and not self._head_waiter.done():
+            self._head_waiter.cancel()
+        self._head_waiter = None
+        self._abort()
+
     def _abort(self) -> None:
         self._keep_alive = False
+        self._aborted = True
         if self.transport is not None:
             self.transport.abort()
 
     def _fail(self, error: UpstreamError) -> None:
         self._keep_alive = False
+        self._wake_drain()
         if self._head_waiter is not None and not self._head_waiter.done():
             self._head_waiter.set_exception(error)
             self._head_waiter = None
@@ -317,22 +340,18 @@ class _Connection(asyncio.Protocol):
     def _head_data(self, data: bytes) -> None:
         buffer = self._buffer + data if self._buffer else data
         while True:
-            end = buffer.find(b"\r\n\r\n")
-            cut = 4
-            lf_end = buffer.find(b"\n\n")
-            if lf_end != -1 and (end == -1 or lf_end < end):
-                end, cut = lf_end, 2
-            if end == -1:
+            end = _HEAD_END.search(buffer)
+            if end is None:
                 if len(buffer) > MAX_HEAD_BYTES:
                     self._bad(f"the backend's response head is over {MAX_HEAD_BYTES} bytes")
                 else:
                     self._buffer = buffer
                 return
-            if end > MAX_HEAD_BYTES:
+            if end.start() > MAX_HEAD_BYTES:
                 self._bad(f"the backend's response head is over {MAX_HEAD_BYTES} bytes")
                 return
-            rest = buffer[end + cut :]
-            if not self._take_head(buffer[:end]):
+            rest = buffer[end.end() :]
+            if not self._take_head(buffer[: end.start()]):
                 return
             if self._state != _HEAD:  # a final answer: the rest is its body
                 self._buffer = b""
@@ -374,6 +393,9 @@ class _Connection(asyncio.Protocol):
             if _FIELD_NAMES.fullmatch("\n".join(names)) is None:
                 self._bad(f"the backend sent a malformed header name in {field_text[:80]!r}")
                 return False
+        if code < 100:
+            self._bad(f"the backend answered with status {code_text}, which HTTP does not have")
+            return False
         if code < 200:
             if code == 101:
                 self._bad("the backend switched protocols, which this proxy does not pass on")
@@ -392,7 +414,12 @@ class _Connection(asyncio.Protocol):
         """Decide the body's framing (RFC 9112 §6.3) and hand the head over."""
         connection = _tokens(framing.get("connection", ()))
         self._keep_alive = (
-            "close" not in connection if version == "1" else "keep-alive" in connection
+            ("close" not in connection if version == "1" else "keep-alive" in connection)
+            # Answered before the request's body was all sent, or refused a body (it may
+            # not have been read, and its bytes would be taken for the next request).
+            and self._body_sent
+            and not (self._with_body and code >= 400)
+            and (self.transport is None or self.transport.get_write_buffer_size() == 0)
         )
         lengths = framing.get("content-length")
         content_length: int | None = None
@@ -404,6 +431,11 @@ class _Connection(asyncio.Protocol):
                 return False
             content_length = values.pop()
         codings = framing.get("transfer-encoding")
+        if codings is not None and lengths is not None:
+            # RFC 9112 §6.1: a sender must not send both; a proxy passing such an answer
+            # on would hand the client a length that is not its body's.
+            self._bad("the backend sent both Transfer-Encoding and Content-Length")
+            return False
         if self._head_request or code in _BODYLESS_STATUS:
             self._state = _DONE
         elif codings is not None:
@@ -411,8 +443,6 @@ class _Connection(asyncio.Protocol):
             if codings[-1].split(",")[-1].strip().lower() == "chunked":
                 self._state = _CHUNKED
                 self._chunk_state = _SIZE_LINE
-                if lengths is not None:  # RFC 9112 §6.1: a sign of smuggling
-                    self._keep_alive = False
             else:
                 self._state = _UNTIL_CLOSE
                 self._keep_alive = False
@@ -424,7 +454,7 @@ class _Connection(asyncio.Protocol):
             self._keep_alive = False
         response = self._response = Response(self, code, reason, fields, content_length, connection)
         if self._state == _DONE:
-            response._finish()
+            self._done()
         waiter = self._head_waiter
         self._head_waiter = None
         if waiter is not None and not waiter.done():
@@ -453,6 +483,7 @@ class _Connection(asyncio.Protocol):
         self._state = _DONE
         if self._response is not None:
             self._response._finish()
+        self._wake_drain()  # a body still being written is moot now
 
     def _chunked_data(self, data: bytes) -> None:
         """Chunked framing (RFC 9112 §7.1), the common steps first: a size line matched
@@ -603,7 +634,7 @@ class Upstream:
             except BaseException:
                 self._slots.release()
                 if connection is not None:
-                    connection._abort()
+                    connection.abandon()
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -682,3 +713,4 @@ class Upstream:
         for connection in list(self._open):
             connection._abort()
         self._idle.clear()
+        await asyncio.sleep(0)  # the aborted sockets close in callbacks: let them run

@@ -6,6 +6,7 @@ keep-alive expiry and the flow control of a streamed answer."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -38,6 +39,7 @@ class Backend:
         self.closed_by_client = asyncio.Event()
         self.port = 0
         self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def __aenter__(self) -> Backend:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -48,14 +50,19 @@ class Backend:
         assert self._server is not None
         self._server.close()
         await self._server.wait_closed()
+        for writer in self._writers:  # connections still open: closed before the loop ends
+            writer.transport.abort()
+        await asyncio.sleep(0)  # (their sockets close in a callback)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self._writers.add(writer)
         try:
             await self.script(reader, writer, self.connections)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def read_request(self, reader: asyncio.StreamReader) -> bytes:
@@ -215,9 +222,17 @@ async def test_bytes_after_the_answer_forbid_reuse(pool: Upstream) -> None:
     assert (body, reusable) == (CHUNKED_BODY, False)
 
 
-async def test_bare_lf_line_ends_are_read(pool: Upstream) -> None:
-    answer = b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok"
-    assert await parse_split(pool, answer, [5]) == (b"ok", True)
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+        b"HTTP/1.1 200 OK\nContent-Length: 2\n\r\nok",  # bare LFs, then a CRLF blank line
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\nok",
+    ],
+)
+async def test_bare_lf_line_ends_are_read(pool: Upstream, answer: bytes) -> None:
+    for cut in range(1, len(answer)):
+        assert await parse_split(pool, answer, [cut]) == (b"ok", True), cut
 
 
 async def test_a_streamed_answer_arrives_as_it_is_sent(pool: Upstream) -> None:
@@ -332,6 +347,11 @@ async def test_connection_close_and_http_1_0_are_not_reused(pool: Upstream) -> N
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n",
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+        # RFC 9112 §6.1: never both (passed on, the length would not be the body's).
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\n\r\n"
+        b"5\r\nhello\r\n0\r\n\r\n",
+        # Not an interim answer: HTTP has no status below 100.
+        b"HTTP/1.1 099 Odd\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
     ],
 )
 async def test_what_is_not_http_1_is_refused(pool: Upstream, answer: bytes) -> None:
@@ -603,4 +623,119 @@ async def test_closing_the_pool_fails_what_is_under_way() -> None:
         with pytest.raises(UpstreamError):
             await pending
     finally:
+        await backend.__aexit__()
+
+
+async def test_a_refused_body_does_not_leave_its_connection_for_the_next(pool: Upstream) -> None:
+    """An error answer to a request with a body may have left the body unread: the
+    connection is closed, not reused (a request without a body keeps it)."""
+    refused = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\n{}"
+    backend = await backend_with(answering(refused))
+    try:
+        response, _ = await fetch(pool, backend)
+        assert response.status == 400
+        await backend.closed_by_client.wait()
+        assert pool.idle_connections(backend.port) == 0
+    finally:
+        await backend.__aexit__()
+    backend = await backend_with(
+        answering(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", OK)
+    )
+    try:
+        response = await pool.request(backend.port, "GET", "/", b"", b"")
+        response.close()
+        assert response.status == 404
+        assert pool.idle_connections(backend.port) == 1
+    finally:
+        await backend.__aexit__()
+
+
+async def test_a_backend_that_answers_while_it_reads_gets_the_whole_body(pool: Upstream) -> None:
+    """Full duplex: the head comes after the first MiB, the rest of the body is still sent
+    (and the answer ends after the backend has read it all)."""
+    size = 16 * 1024 * 1024
+
+    def make(backend: Backend) -> Script:
+        async def script(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
+        ) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(1024 * 1024)
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+            await writer.drain()
+            rest = await reader.readexactly(size - 1024 * 1024)
+            writer.write(b"%08d" % (len(rest) // 1024))
+            await writer.drain()
+            await reader.read(1)
+
+        return script
+
+    backend = await backend_with(make)
+    try:
+        response = await pool.request(backend.port, "POST", "/", b"", b"d" * size)
+        assert await response.read() == b"%08d" % (15 * 1024)
+        response.close()
+        # It answered before it had the body: the connection is not trusted with another.
+        assert pool.idle_connections(backend.port) == 0
+    finally:
+        await backend.__aexit__()
+
+
+async def test_a_body_until_close_cut_by_closing_the_pool_is_not_complete() -> None:
+    pool = Upstream()
+    backend = await backend_with(
+        answering(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\npart")
+    )
+    try:
+        response = await pool.request(backend.port, "POST", "/", b"", b"")
+        chunks = response.iter_any()
+        assert await anext(chunks) == b"part"
+        await pool.close()
+        with pytest.raises(UpstreamError):
+            await anext(chunks)
+    finally:
+        await backend.__aexit__()
+
+
+async def test_a_request_given_up_during_its_body_leaves_no_unread_failure(pool: Upstream) -> None:
+    """Cancelled while it waits to write more of a body the backend does not read: the
+    connection is closed and nothing is left for asyncio to report as never retrieved."""
+    reported: list[dict[str, object]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    started = asyncio.Event()
+    finished = asyncio.Event()
+
+    def make(backend: Backend) -> Script:
+        async def script(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
+        ) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            started.set()
+            await finished.wait()  # reads nothing of the body
+
+        return script
+
+    backend = await backend_with(make)
+    try:
+        request = asyncio.ensure_future(
+            pool.request(backend.port, "POST", "/", b"", b"u" * (64 * 1024 * 1024))
+        )
+        await started.wait()
+        while not request.done():  # until it waits on the socket's flow control
+            connection = next(iter(pool._open))
+            if connection._write_paused:
+                break
+            await asyncio.sleep(0.01)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        del request
+        await asyncio.sleep(0)
+        gc.collect()
+        await asyncio.sleep(0)
+        assert reported == []
+    finally:
+        finished.set()
+        loop.set_exception_handler(None)
         await backend.__aexit__()

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from aiollmux.proxy import SMALL_REPLY
-from tests.support import Lab, running_daemon
+from tests.support import Lab, raw_exchange, running_daemon
 
 Reply = Callable[[asyncio.StreamWriter], None]
 
@@ -105,3 +105,34 @@ async def test_a_drain_timeout_cutting_a_small_reply_is_no_backend_error(
     assert "drain_timeout" in events
     assert "backend_error" not in events  # the backend did not fail; nor is it re-checked
     assert 'llmux_requests_total{model="slow",status="499"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("lengths", "size"),
+    [
+        (b"Content-Length: 2, 2\r\n", 2),  # a small reply
+        (b"Content-Length: 2\r\nContent-Length: 2\r\n", 2),
+        (b"Content-Length: 70000, 70000\r\n", 70_000),  # streamed (over SMALL_REPLY)
+        (b"Content-Length: 70000\r\nContent-Length: 70000\r\n", 70_000),
+    ],
+)
+async def test_the_length_reaches_the_client_said_once(lab: Lab, lengths: bytes, size: int) -> None:
+    """Repeated Content-Length values that agree are one length (RFC 9110 §8.6): the
+    client is told it once, as a number (clients refuse a list or a repeated field)."""
+    body = b"y" * size
+
+    def reply(writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n" + lengths)
+        writer.write(b"\r\n" + body)
+
+    config = lab.config
+    async with raw_backend(reply) as port, running_daemon(config(ports={"dup": port})) as daemon:
+        request = (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 15\r\nConnection: close\r\n\r\n{"model":"dup"}'
+        )
+        answer = await raw_exchange(daemon.url, request)
+        assert answer is not None
+        assert answer.status == 200
+        assert answer.headers.getall("Content-Length") == [str(size)]
+        assert answer.body == body
