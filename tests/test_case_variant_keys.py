@@ -14,10 +14,12 @@ import pytest
 
 from aiollmux.errors import InvalidJSON, ModelRequired
 from aiollmux.request_body import (
+    _CHUNK,
     _SAMPLE,
     _SPARSE_BUDGET,
     OFF_LOOP_BYTES,
     VALIDATE_LIMIT,
+    _count_in_lower_case,
     _Dense,
     _DuplicateModel,
     _may_repeat_model,
@@ -206,6 +208,23 @@ def test_a_case_variant_alone_in_a_large_body_of_every_shape_is_no_model(
     without = members(SHAPES[shape](), b'"stream": true')
     with pytest.raises(ModelRequired, match=r'no "model" field$'):
         find_model(without, JSON)
+
+
+@pytest.mark.parametrize("before_the_boundary", range(8))
+def test_a_case_variant_across_a_chunk_of_the_lower_case_count(before_the_boundary: int) -> None:
+    # The lower-case copy is made a chunk at a time: a key across two chunks counts once.
+    head = members(
+        b'"model": "alpha"', b'"input": ' + json.dumps(["Open Models"] * 65_000).encode()
+    )
+    head = head[:-1] + b", "
+    padding = _CHUNK - before_the_boundary - len(head)
+    assert padding > 0
+    body = head + b" " * padding + b'"MODEL": "beta"}'
+    assert body.index(b'"MODEL"') == _CHUNK - before_the_boundary
+    assert path_of(body) == "lower-case copy"
+    with pytest.raises(InvalidJSON, match=ambiguous("MODEL")):
+        find_model(body, JSON)
+    assert _count_in_lower_case(body, b'"model"', stop_after=3) == 2
 
 
 def test_a_large_body_is_refused_off_the_event_loop_too() -> None:
