@@ -15,6 +15,7 @@ import pytest
 from aiollmux.errors import InvalidJSON, ModelRequired
 from aiollmux.request_body import (
     _CHUNK,
+    _QUOTE_SPACING,
     _SAMPLE,
     _SPARSE_BUDGET,
     OFF_LOOP_BYTES,
@@ -161,7 +162,7 @@ def path_of(body: bytes) -> str:
     else:
         return "walk"
     sample = body[:_SAMPLE]
-    if sample.count(b'"') * 32 <= len(sample):
+    if sample.count(b'"') * _QUOTE_SPACING <= len(sample):
         return "key regex"
     return "escape regex, lower-case copy" if b"\\" in body else "lower-case copy"
 
