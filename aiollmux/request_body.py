@@ -195,13 +195,16 @@ def _find_json(body: bytes, *, walk: bool = True) -> ModelField | None:
     return found
 
 
-# Any spelling of a "model" key: each letter as itself or as a \u escape (the only escapes
-# that stand for these letters). In valid JSON every match ends a string, so two keys are
-# two matches; a match may also be the tail of a longer string (after an escaped quote),
-# and the walk that follows tells those apart. One regex pass finds both spellings; it
-# starts a match attempt only at a quote.
+# Any spelling of a "model" key: each letter in either ASCII case (Go's encoding/json, so
+# Ollama, matches keys ignoring case), as itself or as a \u escape (the only escapes that
+# stand for these letters). In valid JSON every match ends a string, so two keys are two
+# matches; a match may also be the tail of a longer string (after an escaped quote), and
+# the walk that follows tells those apart. One regex pass finds every spelling; it starts
+# a match attempt only at a quote. (`m|M`, not `[mM]`: a class there costs 15-45 % more
+# on bodies with many quotes; the escape first costs least where most attempts fail.)
 _MODEL_KEY = re.compile(
-    rb'"(?:m|\\u006[dD])(?:o|\\u006[fF])(?:d|\\u0064)(?:e|\\u0065)(?:l|\\u006[cC])"'
+    rb'"(?:\\u00[46][dD]|m|M)(?:o|O|\\u00[46][fF])(?:d|D|\\u00[46]4)'
+    rb'(?:e|E|\\u00[46]5)(?:l|L|\\u00[46][cC])"'
 )
 # Top-level tokens and nested runs the sparse walk may take before handing over to the
 # search: a base64 image body takes about 16; a chat-shaped one runs out within ~0.3 ms,
@@ -218,29 +221,67 @@ class _DuplicateModel(InvalidJSON):
     pass
 
 
-# A "model" key written with escapes ("mod\u0065l"): one of its letters as \u00XX.
-_ESCAPED_MODEL_LETTER = re.compile(rb"\\u00(?:6[45cCdDfF])")
+# A "model" key written with escapes ("mod\u0065l", "\u004dODEL"): one of its letters,
+# in either case, as \u00XX.
+_ESCAPED_MODEL_LETTER = re.compile(rb"\\u00[46][45cCdDfF]")
+# The capitals of "MODEL".
+_CAPITALS = (b"M", b"O", b"D", b"E", b"L")
 # `_MODEL_KEY` attempts a match at every quote: past about one quote in this many bytes
-# (arrays of short strings, small objects) two plain searches are cheaper than the regex.
+# (arrays of short strings, small objects) plain searches are cheaper than the regex.
 _QUOTE_SPACING = 32
 _SAMPLE = 64 * 1024
 
 
 def _may_repeat_model(body: bytes) -> bool:
-    """False when the body cannot hold two "model" keys: one or two C searches."""
-    if body.find(b"\\") == -1:  # memchr: without escapes a key is spelled "model"
+    """False when the body cannot hold two keys that a backend reads as "model" (in any
+    ASCII case, escaped or not): a regex pass or a few C searches."""
+    if len(body) <= _SAMPLE:  # a copy of a small body costs less than avoiding it
+        return body.lower().count(b'"model"') > 1 or _has_escaped_letters(body)
+    if body.count(b'"', 0, _SAMPLE) * _QUOTE_SPACING <= _SAMPLE:
+        matches = _MODEL_KEY.finditer(body)  # few quotes (a chat, token ids): one pass
+        return next(matches, None) is not None and next(matches, None) is not None
+    if _has_escaped_letters(body):
+        return True
+    # Without a capital a key can only be spelled "model"; with capitals, a lower-case
+    # copy (~1 ms a MiB) is cheaper than the regex among many quotes.
+    if not _has_capitals(body):
         return body.count(b'"model"') > 1
-    sample = min(len(body), _SAMPLE)
-    if body.count(b'"', 0, sample) * _QUOTE_SPACING > sample:
-        return body.count(b'"model"') > 1 or _ESCAPED_MODEL_LETTER.search(body) is not None
-    matches = _MODEL_KEY.finditer(body)
-    return next(matches, None) is not None and next(matches, None) is not None
+    return _count_in_lower_case(body, b'"model"', stop_after=2) >= 2
+
+
+def _has_escaped_letters(body: bytes) -> bool:
+    return body.find(b"\\") != -1 and _ESCAPED_MODEL_LETTER.search(body) is not None
+
+
+_CHUNK = 1024 * 1024
+
+
+def _count_in_lower_case(body: bytes, needle: bytes, *, stop_after: int) -> int:
+    """Matches of `needle` in the body lower-cased a chunk at a time (as fast as one copy,
+    and the copy stays a MiB however large the body), counted up to `stop_after`."""
+    found = 0
+    for start in range(0, len(body), _CHUNK):
+        # An overlap of len(needle) - 1: a match that starts in the chunk ends in it.
+        found += body[start : start + _CHUNK + len(needle) - 1].lower().count(needle)
+        if found >= stop_after:
+            break
+    return found
+
+
+def _has_capitals(body: bytes) -> bool:
+    # Five memchr passes (~0.1 ms a MiB each when absent); prose stops at its first capital.
+    return any(body.find(capital) != -1 for capital in _CAPITALS)
 
 
 def _from_document(document: object) -> ModelField:
     if not isinstance(document, dict):
         raise ModelRequired('the request body must be a JSON object with a "model" field')
+    # A case variant ("MODEL") beside "model" was refused by the walk `_may_repeat_model`
+    # asked for; alone, it is named in the error.
     if "model" not in document:
+        variant = next((key for key in document if _reads_as_model(key)), None)
+        if variant is not None:
+            raise _no_model_but(variant)
         raise ModelRequired('the request body has no "model" field')
     name = document["model"]
     if not isinstance(name, str):
@@ -356,6 +397,7 @@ def _scan(body: bytes, *, exhaustive: bool, budget: int | None = None) -> ModelF
     if body[start : start + 1] != b"{":
         raise ModelRequired('the request body must be a JSON object with a "model" field')
     depth, position, value = 1, start + 1, -1
+    variant: str | None = None  # a key that is "model" but for its case ("MODEL")
     while depth > 0:
         if budget is not None:
             budget -= 1
@@ -386,18 +428,27 @@ def _scan(body: bytes, *, exhaustive: bool, budget: int | None = None) -> ModelF
             _invalid(f"the string opened at byte {position} is not closed")
         if depth == 1:
             colon = _skip_space(body, end)
-            if body[colon : colon + 1] == b":" and _is_model_key(body, position, end):
+            key = _model_key(body, position, end) if body[colon : colon + 1] == b":" else None
+            if key is not None and key != "model":
+                if value != -1:
+                    raise _ambiguous(key)
+                variant = variant or key
+            elif key is not None:
                 if value != -1:
                     # The routed model and the one a backend reads could disagree.
                     raise _DuplicateModel(
                         'the request body has more than one top-level "model" key'
                     )
+                if variant is not None:
+                    raise _ambiguous(variant)
                 value = _skip_space(body, colon + 1)
                 if not exhaustive:
                     return _model_value(body, value)
         position = end
     if body[position - 1] != ord("}") or _skip_space(body, position) != len(body):
         _invalid(f"the top-level object does not end the body (byte {position - 1})")
+    if value == -1 and variant is not None:
+        raise _no_model_but(variant)
     return None if value == -1 else _model_value(body, value)
 
 
@@ -419,15 +470,44 @@ def _string_end(body: bytes, quote: int) -> int:
     return -1 if rest is None else rest.end()
 
 
-def _is_model_key(body: bytes, quote: int, end: int) -> bool:
+# The longest spelling of a "model" key: five letters as \u00XX, and its quotes.
+_LONGEST_MODEL_KEY = 5 * 6 + 2
+
+
+def _model_key(body: bytes, quote: int, end: int) -> str | None:
+    """The key of the string body[quote:end], unescaped, if it is "model" ignoring ASCII
+    case (no other character folds to these letters); else None."""
     if end - quote == 7:
-        return body[quote:end] == b'"model"'
-    if body.find(b"\\", quote, end) == -1:
-        return False
+        key = body[quote + 1 : end - 1]
+        return key.decode() if key.lower() == b"model" else None
+    if end - quote > _LONGEST_MODEL_KEY or body.find(b"\\", quote, end) == -1:
+        return None
     try:  # an escaped key such as "mod\u0065l" is "model" too
-        return bool(json.loads(body[quote:end]) == "model")
+        text = json.loads(body[quote:end])
     except ValueError:
-        return False  # an invalid key: not "model", and the backend will refuse the body
+        return None  # an invalid key: not "model", and the backend will refuse the body
+    return text if isinstance(text, str) and _reads_as_model(text) else None
+
+
+def _reads_as_model(key: str) -> bool:
+    """Whether a backend may read `key` as the "model" key: Go's encoding/json (Ollama)
+    matches keys ignoring case, Unicode simple folding, which for these letters is ASCII."""
+    return len(key) == 5 and key.isascii() and key.lower() == "model"
+
+
+def _ambiguous(variant: str) -> _DuplicateModel:
+    return _DuplicateModel(
+        f'the request body has more than one top-level "model" key: "model" and'
+        f" {json.dumps(variant)}, the same key to backends that ignore its case"
+        " (Go's encoding/json, so Ollama)"
+    )
+
+
+def _no_model_but(variant: str) -> ModelRequired:
+    return ModelRequired(
+        f'the request body has no "model" field (keys are case-sensitive: it has'
+        f" {json.dumps(variant)})"
+    )
 
 
 def _model_value(body: bytes, start: int) -> ModelField:

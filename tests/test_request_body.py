@@ -482,14 +482,30 @@ def _first_model(body: bytes) -> object:
     return next((value for key, value in pairs if key == "model"), None)
 
 
+def _case_variants(document: object) -> list[str]:
+    """Top-level keys that are "model" but for their case: a Go backend reads them as it."""
+    keys = document if isinstance(document, dict) else {}
+    return [key for key in keys if key != "model" and key.casefold() == "model"]
+
+
 @pytest.mark.parametrize("padded", [False, True])
 def test_scan_agrees_with_json_loads(padded: bool) -> None:
     generator = DocumentGenerator(seed=20240611 + padded)
-    checked = {"found": 0, "refused": 0}
+    checked = {"found": 0, "refused": 0, "case variants": 0}
     for _ in range(60 if padded else 1500):
         body = generator.encode(generator.document(padded=padded))
         assert (len(body) > VALIDATE_LIMIT) == padded
-        expected = json.loads(body).get("model")
+        document = json.loads(body)
+        expected = document.get("model")
+        if _case_variants(document):
+            # docs/decisions.md, "Issue 15 follow-up": beside "model" ambiguous, alone no model.
+            checked["case variants"] += 1
+            refusal = InvalidJSON if "model" in document else ModelRequired
+            with pytest.raises(refusal, match=json.dumps(_case_variants(document)[0])):
+                find_model(body, JSON)
+            with pytest.raises(refusal):
+                _scan(body, exhaustive=True)
+            continue
         if isinstance(expected, str) and expected:
             checked["found"] += 1
             field = _scan(body, exhaustive=True)
@@ -506,6 +522,7 @@ def test_scan_agrees_with_json_loads(padded: bool) -> None:
             with pytest.raises(ModelRequired):
                 find_model(body, JSON)
     assert checked["found"] > checked["refused"] > 0  # both kinds were exercised
+    assert padded or checked["case variants"] > 0
 
 
 def test_scan_on_damaged_bodies_fails_only_with_request_errors() -> None:
@@ -536,6 +553,10 @@ def test_scan_on_damaged_bodies_fails_only_with_request_errors() -> None:
             continue
         outcomes["valid"] += 1
         expected = document.get("model") if isinstance(document, dict) else None
+        if _case_variants(document) and "model" in document:
+            with pytest.raises(InvalidJSON, match="more than one top-level"):
+                _scan(bytes(body), exhaustive=True)
+            continue
         try:
             found = _scan(bytes(body), exhaustive=True)
         except ModelRequired:

@@ -109,6 +109,7 @@ json_scalars = st.one_of(
     st.text(max_size=10),
 )
 json_keys = st.sampled_from(["model", "messages", "stream", "Model", "model ", 'p"model', ""])
+json_keys |= st.sampled_from(["MODEL", "mOdEl", "modeL"])  # the key to a Go backend
 json_keys |= st.text(max_size=6)
 json_values = st.recursive(
     json_scalars,
@@ -134,8 +135,9 @@ def json_styles(draw: st.DrawFn) -> Callable[[Any], str]:
         return json.dumps(value, ensure_ascii=ascii_only)
 
     def key_text(key: str) -> str:
-        if key == "model" and escape_model:
-            return '"mod\\u0065l"'  # the same key, written with an escape
+        if key.casefold() == "model" and escape_model:
+            # The same key written with an escape: "mod\u0065l", "MOD\u0045L".
+            return f'"{key[:3]}\\u{ord(key[3]):04x}{key[4:]}"'
         return json.dumps(key, ensure_ascii=ascii_only)
 
     return dump
@@ -165,8 +167,13 @@ def json_oracle(data: bytes) -> frozenset[Outcome]:
     if not isinstance(document, dict):
         return frozenset({error("model_required")})
     pairs = json.loads(text.decode("utf-8"), object_pairs_hook=lambda pairs: pairs)
-    if [key for key, _ in pairs].count("model") > 1:
+    keys = [key for key, _ in pairs]
+    if keys.count("model") > 1:
         return frozenset({error("invalid_json")})  # docs/design.md §5: whatever the body's size
+    if any(key != "model" and key.casefold() == "model" for key in keys):
+        # "MODEL" is "model" to Go's encoding/json (Ollama): beside "model" the body is
+        # ambiguous, alone it names no model (docs/decisions.md, "Issue 15 follow-up").
+        return frozenset({error("invalid_json" if "model" in keys else "model_required")})
     name = document.get("model")
     if not isinstance(name, str):
         return frozenset({error("model_required")})

@@ -210,20 +210,25 @@ def large_bodies(draw: st.DrawFn) -> Body:
     else:
         prompt = json.dumps([{"role": "user", "content": "x"}]).replace('"x"', f'"{content}"')
     first, second = draw(names), draw(names)
-    layout = draw(st.sampled_from(["first", "sdk", "middle", "duplicate"]))
+    layout = draw(st.sampled_from(["first", "sdk", "middle", "duplicate", "case variant"]))
     model = f'"model": {json.dumps(first)}'
+    variant = draw(st.sampled_from(['"MODEL"', '"Model"', '"mOdEl"', '"\\u004dodel"']))
     members = {
         "first": [model, f'"messages": {prompt}', '"stream": false'],
         "sdk": [f'"messages": {prompt}', model, '"stream": false'],
         "middle": [f'"messages": {prompt}', model, f'"tools": {prompt}'],
         "duplicate": [model, f'"messages": {prompt}', f'"model": {json.dumps(second)}'],
+        # "MODEL" is "model" to Go's encoding/json (Ollama), which keeps the last.
+        "case variant": [model, f'"messages": {prompt}', f"{variant}: {json.dumps(second)}"],
     }[layout]
     data = ("{" + ", ".join(members) + "}").encode()
-    allowed = {named(first)} if layout != "duplicate" else {error("invalid_json")}
+    refused = layout in ("duplicate", "case variant")
+    allowed = {error("invalid_json")} if refused else {named(first)}
     if one_in(draw, 5):  # cut short: the walk may route it or refuse it
         data = data[: -draw(st.integers(1, 40))]
         allowed |= {error("invalid_json"), error("model_required")}
-        if layout == "duplicate" and data.count(b'"model"') < 2:
+        second_key = {"duplicate": '"model":', "case variant": f"{variant}:"}.get(layout)
+        if second_key is not None and data.count(second_key.encode()) < 1 + (layout == "duplicate"):
             # The cut took the second key: nothing is duplicated any more, and the walk
             # stops at the first "model" (the rest is the backend's to validate).
             allowed |= {named(first)}
