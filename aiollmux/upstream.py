@@ -492,6 +492,15 @@ class _Connection(asyncio.Protocol):
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
+        elif self._chunk_state == _SIZE_LINE:
+            # The commonest read of a token stream: exactly one whole chunk.
+            match = _CHUNK_SIZE_LINE.match(data)
+            if match is not None:
+                start = match.end()
+                end = start + int(match[1], 16)
+                if end > start and end + 2 == len(data) and data.endswith(b"\r\n"):
+                    self._body(data[start:end])
+                    return
         pieces: list[bytes] = []
         at = 0
         size = len(data)
