@@ -519,8 +519,18 @@ class _Connection(asyncio.Protocol):
                     self._remaining = end - size
                     at = size
                 continue
-            if state == _CHUNK_END and data.startswith(b"\r\n", at):
-                at += 2
+            if state == _CHUNK_END:
+                # The data's CRLF (or a bare LF); anything else there: the chunk was longer.
+                if data.startswith(b"\r\n", at):
+                    at += 2
+                elif data.startswith(b"\n", at):
+                    at += 1
+                elif data[at:] == b"\r":
+                    self._buffer = b"\r"
+                    break
+                else:
+                    self._bad("the backend's chunk is longer than its size line says")
+                    return
                 state = _SIZE_LINE
                 continue
             if state == _SIZE_LINE:
@@ -543,15 +553,10 @@ class _Connection(asyncio.Protocol):
             if state == _SIZE_LINE:
                 self._bad(f"the backend sent an invalid chunk size line: {line[:40]!r}")
                 return
-            if state == _CHUNK_END:
-                if line not in (b"", b"\r"):
-                    self._bad("the backend's chunk is longer than its size line says")
-                    return
-                state = _SIZE_LINE
-            elif line in (b"", b"\r"):  # the end of the trailer section
+            if line in (b"", b"\r"):  # the end of the trailer section
                 finished = True
                 break
-            elif len(line) > _MAX_LINE:
+            if len(line) > _MAX_LINE:
                 self._bad("the backend sent an over-long trailer line")
                 return
         self._chunk_state = state

@@ -739,3 +739,13 @@ async def test_a_request_given_up_during_its_body_leaves_no_unread_failure(pool:
         finished.set()
         loop.set_exception_handler(None)
         await backend.__aexit__()
+
+
+async def test_a_read_of_one_whole_chunk_is_checked_like_any_other(pool: Upstream) -> None:
+    """A read that holds exactly one chunk takes a shorter way: same answers."""
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    good = head + b"5\r\nhello\r\n" + b"3;x=1\r\n, w\r\n" + b"0\r\n\r\n"
+    reads = [len(head), len(head) + 10, len(head) + 10 + 12]
+    assert await parse_split(pool, good, reads) == (b"hello, w", True)
+    with pytest.raises(BadResponse, match="longer than its size line"):
+        await parse_split(pool, head + b"5\r\nhelloXY", [len(head)])
