@@ -119,7 +119,8 @@ class Response:
                 data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
                 self._chunks.clear()
                 self._buffered = 0
-                self._connection.resume_reading()
+                if not self._closed:  # (once closed, the connection may serve another)
+                    self._connection.resume_reading()
                 yield data
             elif self._error is not None:
                 raise self._error
@@ -292,6 +293,9 @@ class _Connection(asyncio.Protocol):
             self._state = _IDLE
             self._response = None
             self.reused = True
+            # The answer may have ended while its reader was behind (reading paused):
+            # the next request must find the connection reading again.
+            self.resume_reading()
             self.pool.release(self)
         else:
             self._abort()

@@ -749,3 +749,30 @@ async def test_a_read_of_one_whole_chunk_is_checked_like_any_other(pool: Upstrea
     assert await parse_split(pool, good, reads) == (b"hello, w", True)
     with pytest.raises(BadResponse, match="longer than its size line"):
         await parse_split(pool, head + b"5\r\nhelloXY", [len(head)])
+
+
+async def test_a_connection_paused_for_a_slow_reader_reads_again_when_reused(
+    pool: Upstream,
+) -> None:
+    """The answer ends while its reader is behind (reading paused) and the proxy closes
+    it unread (its client went away): the pooled connection must read the next answer."""
+    # One byte over the mark: the read that pauses reading is always the one that ends it.
+    size = upstream_module._HIGH_WATER + 1
+    big = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"b" * size
+    backend = await backend_with(answering(big, OK))
+    try:
+        first = await pool.request(backend.port, "POST", "/", b"", b"")
+        for _ in range(2000):  # bounded: until the whole answer is in, unread
+            if first._complete:
+                break
+            await asyncio.sleep(0.005)
+        assert first._complete
+        assert first._connection._reading_paused
+        first.close()
+        assert pool.idle_connections(backend.port) == 1
+        second = await asyncio.wait_for(pool.request(backend.port, "POST", "/", b"", b""), 10)
+        assert await asyncio.wait_for(second.read(), 10) == b"{}"
+        second.close()
+        assert backend.connections == 1
+    finally:
+        await backend.__aexit__()
