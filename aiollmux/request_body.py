@@ -573,6 +573,11 @@ def _find_multipart(body: bytes, boundary: str) -> ModelField:
         if next_delimiter == -1:
             break
         header_end = body.find(b"\r\n\r\n", header_start, next_delimiter + 2)
+        if header_end != -1 and _names_model_otherwise(body[header_start:header_end]):
+            raise ModelRequired(
+                'a multipart part names its field "model" in a way form parsers read'
+                ' differently (name*=, escapes or control characters); use name="model"'
+            )
         if header_end != -1 and _is_model_part(body[header_start:header_end]):
             if found is not None:
                 # Routed by one, read by the backend as the other (Starlette keeps the last).
@@ -597,3 +602,21 @@ _MODEL_DISPOSITION = re.compile(
 
 def _is_model_part(headers: bytes) -> bool:
     return _MODEL_DISPOSITION.search(headers) is not None
+
+
+_DISPOSITION = re.compile(rb"(?im)^content-disposition[ \t]*:([^\r\n]*)")
+# What is left of a `name` parameter once quotes, backslashes, blanks and controls are gone;
+# an RFC 2231 `name*=charset'lang'value` too (Go's mime/multipart reads it as `name`).
+_SQUEEZED = re.compile(rb'[\\"\x00-\x20\x7f]')
+_LOOSE_MODEL_NAME = re.compile(rb"(?:^|;)name\*?=(?:[^;']*'[^;']*')?model(?:;|$)")
+
+
+def _names_model_otherwise(headers: bytes) -> bool:
+    """A part whose field a form parser may read as `model` although `_MODEL_DISPOSITION`
+    does not (Go reads `name*=UTF-8''model`, and `name="model"` followed by a vertical tab,
+    as `model`): routed by another part, it would be read by the backend as the model."""
+    for line in _DISPOSITION.finditer(headers):
+        squeezed = _SQUEEZED.sub(b"", line[1])
+        if _LOOSE_MODEL_NAME.search(squeezed) and not _is_model_part(line[0]):
+            return True
+    return False

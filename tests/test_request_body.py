@@ -787,3 +787,28 @@ def test_a_large_json_body_is_looked_at_off_the_event_loop() -> None:
     assert field.name == "m"
     assert find_model_quickly(large, "application/json") is None
     assert find_model(large, "application/json").name == "m"
+
+
+@pytest.mark.parametrize(
+    "disposition",
+    [
+        "name*=UTF-8''model",  # RFC 2231: Go's mime/multipart reads it as name="model"
+        "name*=''model",
+        'name="model"\x0b',  # Go takes the vertical tab for white space
+        'name="mod\\el"',  # a quoted-pair: "model" to a parser that unquotes
+        'name= "model" \x0c',
+    ],
+)
+def test_multipart_names_read_as_model_elsewhere_are_refused(disposition: str) -> None:
+    body = multipart((disposition, b"big"), ('name="model"', b"small"))
+    with pytest.raises(ModelRequired, match="in a way form parsers read differently"):
+        find_model(body, form())
+    with pytest.raises(ModelRequired, match="in a way form parsers read differently"):
+        find_model(multipart(('name="model"', b"small"), (disposition, b"big")), form())
+
+
+def test_multipart_names_like_model_that_are_not_model_still_pass() -> None:
+    body = multipart(
+        ('name="model_options"', b"x"), ('name="my model"', b"y"), ('name="model"', b"small")
+    )
+    assert find_model(body, form()).name == "small"
