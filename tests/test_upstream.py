@@ -25,7 +25,10 @@ from aiollmux.upstream import (
     request_head,
 )
 
-Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
+Reader = asyncio.StreamReader
+Writer = asyncio.StreamWriter
+# What a backend does on each connection: (backend, reader, writer, connection number).
+Script = Callable[["Backend", Reader, Writer, int], Awaitable[None]]
 
 
 class Backend:
@@ -58,7 +61,7 @@ class Backend:
         self.connections += 1
         self._writers.add(writer)
         try:
-            await self.script(reader, writer, self.connections)
+            await self.script(self, reader, writer, self.connections)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
@@ -77,31 +80,24 @@ class Backend:
         return body
 
 
-def answering(*answers: bytes, then_close: bool = False) -> Callable[[Backend], Script]:
+def answering(*answers: bytes, then_close: bool = False) -> Script:
     """A script: read a request, send the next answer, for each answer on one connection."""
 
-    def make(backend: Backend) -> Script:
-        async def script(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, number: int
-        ) -> None:
-            for answer in answers:
-                await backend.read_request(reader)
-                writer.write(answer)
-                await writer.drain()
-            if then_close:
-                return
-            if await reader.read(1) == b"":
-                backend.closed_by_client.set()
+    async def script(backend: Backend, reader: Reader, writer: Writer, _: int) -> None:
+        for answer in answers:
+            await backend.read_request(reader)
+            writer.write(answer)
+            await writer.drain()
+        if then_close:
+            return
+        if await reader.read(1) == b"":
+            backend.closed_by_client.set()
 
-        return script
-
-    return make
+    return script
 
 
-async def backend_with(make: Callable[[Backend], Script]) -> Backend:
-    backend = Backend(lambda r, w, n: asyncio.sleep(0))
-    backend.script = make(backend)
-    return await backend.__aenter__()
+async def backend_with(script: Script) -> Backend:
+    return await Backend(script).__aenter__()
 
 
 @pytest.fixture
@@ -125,8 +121,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\
 
 
 async def test_a_small_answer_is_read_and_its_connection_reused(pool: Upstream) -> None:
-    backend = await backend_with(answering(OK, OK, OK))
-    try:
+    async with Backend(answering(OK, OK, OK)) as backend:
         for _ in range(3):
             response, body = await fetch(pool, backend)
             assert (response.status, response.reason, body) == (200, "OK", b"{}")
@@ -139,13 +134,10 @@ async def test_a_small_answer_is_read_and_its_connection_reused(pool: Upstream) 
         assert b"X-Trace: t1\r\n" in first
         assert b"Content-Length: 7\r\n" in first
         assert first.endswith(b'\r\n\r\n{"a":1}')
-    finally:
-        await backend.__aexit__()
 
 
 async def test_read_returns_the_whole_body(pool: Upstream) -> None:
-    backend = await backend_with(answering(OK))
-    try:
+    async with Backend(answering(OK)) as backend:
         response = await pool.request(backend.port, "GET", "/", b"", b"")
         try:
             assert await response.read() == b"{}"
@@ -153,8 +145,6 @@ async def test_read_returns_the_whole_body(pool: Upstream) -> None:
             response.close()
         # A GET without a body says nothing of its length.
         assert b"Content-Length" not in backend.requests[0]
-    finally:
-        await backend.__aexit__()
 
 
 CHUNKED_ANSWER = (
@@ -239,22 +229,16 @@ async def test_a_streamed_answer_arrives_as_it_is_sent(pool: Upstream) -> None:
     """Each chunk reaches `iter_any` before the backend sends the next one."""
     go_on = asyncio.Event()
 
-    def make(backend: Backend) -> Script:
-        async def script(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await backend.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
-            await writer.drain()
-            await go_on.wait()
-            writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
-            await writer.drain()
-            await reader.read(1)
+    async def script(backend: Backend, reader: Reader, writer: Writer, _: int) -> None:
+        await backend.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+        await writer.drain()
+        await go_on.wait()
+        writer.write(b"6\r\nsecond\r\n0\r\n\r\n")
+        await writer.drain()
+        await reader.read(1)
 
-        return script
-
-    backend = await backend_with(make)
-    try:
+    async with Backend(script) as backend:
         response = await pool.request(backend.port, "POST", "/", b"", b"{}")
         chunks = response.iter_any()
         assert await anext(chunks) == b"first"
@@ -263,8 +247,6 @@ async def test_a_streamed_answer_arrives_as_it_is_sent(pool: Upstream) -> None:
         assert response.content_length is None
         response.close()
         assert pool.idle_connections(backend.port) == 1
-    finally:
-        await backend.__aexit__()
 
 
 async def test_an_answer_until_close_is_read_and_not_reused(pool: Upstream) -> None:
@@ -289,8 +271,7 @@ async def test_an_answer_until_close_is_read_and_not_reused(pool: Upstream) -> N
     ],
 )
 async def test_answers_without_a_body(pool: Upstream, method: str, answer: bytes) -> None:
-    backend = await backend_with(answering(answer, OK))
-    try:
+    async with Backend(answering(answer, OK)) as backend:
         response, body = await fetch(pool, backend, method)
         assert body == b""
         if method == "HEAD":
@@ -299,19 +280,14 @@ async def test_answers_without_a_body(pool: Upstream, method: str, answer: bytes
         _, body = await fetch(pool, backend)
         assert body == b"{}"
         assert backend.connections == 1
-    finally:
-        await backend.__aexit__()
 
 
 async def test_interim_answers_are_skipped(pool: Upstream) -> None:
     early = b"HTTP/1.1 103 Early Hints\r\nLink: </a>; rel=preload\r\n\r\n"
-    backend = await backend_with(answering(early + b"HTTP/1.1 100 Continue\r\n\r\n" + OK))
-    try:
+    async with Backend(answering(early + b"HTTP/1.1 100 Continue\r\n\r\n" + OK)) as backend:
         response, body = await fetch(pool, backend)
         assert (response.status, body) == (200, b"{}")
         assert "Link" not in response.headers
-    finally:
-        await backend.__aexit__()
 
 
 async def test_connection_close_and_http_1_0_are_not_reused(pool: Upstream) -> None:
@@ -319,14 +295,11 @@ async def test_connection_close_and_http_1_0_are_not_reused(pool: Upstream) -> N
         b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}",
         b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\n{}",
     ):
-        backend = await backend_with(answering(answer))
-        try:
+        async with Backend(answering(answer)) as backend:
             _, body = await fetch(pool, backend)
             assert body == b"{}"
             assert pool.idle_connections(backend.port) == 0
             await backend.closed_by_client.wait()
-        finally:
-            await backend.__aexit__()
 
 
 @pytest.mark.parametrize(
@@ -355,35 +328,24 @@ async def test_connection_close_and_http_1_0_are_not_reused(pool: Upstream) -> N
     ],
 )
 async def test_what_is_not_http_1_is_refused(pool: Upstream, answer: bytes) -> None:
-    backend = await backend_with(answering(answer))
-    try:
+    async with Backend(answering(answer)) as backend:
         with pytest.raises(BadResponse):
             await fetch(pool, backend)
         await backend.closed_by_client.wait()  # and the connection is closed
         assert pool.idle_connections(backend.port) == 0
-    finally:
-        await backend.__aexit__()
 
 
 async def test_an_endless_head_is_refused(pool: Upstream) -> None:
-    def make(backend: Backend) -> Script:
-        async def script(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await backend.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\n")
-            while not writer.is_closing():
-                writer.write(b"X-Filler: " + b"f" * 1000 + b"\r\n")
-                await writer.drain()
+    async def script(backend: Backend, reader: Reader, writer: Writer, _: int) -> None:
+        await backend.read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        while not writer.is_closing():
+            writer.write(b"X-Filler: " + b"f" * 1000 + b"\r\n")
+            await writer.drain()
 
-        return script
-
-    backend = await backend_with(make)
-    try:
+    async with Backend(script) as backend:
         with pytest.raises(BadResponse, match="over 65536 bytes"):
             await fetch(pool, backend)
-    finally:
-        await backend.__aexit__()
 
 
 async def test_a_cut_body_is_an_error(pool: Upstream) -> None:
@@ -391,14 +353,11 @@ async def test_a_cut_body_is_an_error(pool: Upstream) -> None:
         b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
     ):
-        backend = await backend_with(answering(answer, then_close=True))
-        try:
+        async with Backend(answering(answer, then_close=True)) as backend:
             response = await pool.request(backend.port, "POST", "/", b"", b"")
             with pytest.raises(ConnectionClosed):
                 await response.read()
             response.close()
-        finally:
-            await backend.__aexit__()
 
 
 async def test_no_backend_is_a_connect_failure(pool: Upstream) -> None:
@@ -413,53 +372,37 @@ async def test_a_stale_pooled_connection_is_replaced_once(pool: Upstream) -> Non
     """The backend closes the kept-alive connection as the next request goes out on it:
     the request is sent again on a new connection."""
 
-    def make(backend: Backend) -> Script:
-        async def script(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
-        ) -> None:
-            await backend.read_request(reader)
-            if n == 1:
-                writer.write(OK)
-                await writer.drain()
-                await backend.read_request(reader)  # read, never answered: dropped
-                return
+    async def script(backend: Backend, reader: Reader, writer: Writer, n: int) -> None:
+        await backend.read_request(reader)
+        if n == 1:
             writer.write(OK)
             await writer.drain()
-            await reader.read(1)
+            await backend.read_request(reader)  # read, never answered: dropped
+            return
+        writer.write(OK)
+        await writer.drain()
+        await reader.read(1)
 
-        return script
-
-    backend = await backend_with(make)
-    try:
+    async with Backend(script) as backend:
         assert (await fetch(pool, backend))[1] == b"{}"
         assert (await fetch(pool, backend))[1] == b"{}"
         assert backend.connections == 2
         assert len(backend.requests) == 3
-    finally:
-        await backend.__aexit__()
 
 
 async def test_a_connection_that_answered_in_part_is_not_retried(pool: Upstream) -> None:
-    def make(backend: Backend) -> Script:
-        async def script(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int
-        ) -> None:
-            await backend.read_request(reader)
-            writer.write(OK)
-            await writer.drain()
-            await backend.read_request(reader)
-            writer.write(b"HTTP/1.1 200 O")  # and gone
+    async def script(backend: Backend, reader: Reader, writer: Writer, n: int) -> None:
+        await backend.read_request(reader)
+        writer.write(OK)
+        await writer.drain()
+        await backend.read_request(reader)
+        writer.write(b"HTTP/1.1 200 O")  # and gone
 
-        return script
-
-    backend = await backend_with(make)
-    try:
+    async with Backend(script) as backend:
         await fetch(pool, backend)
         with pytest.raises(ConnectionClosed):
             await fetch(pool, backend)
         assert backend.connections == 1
-    finally:
-        await backend.__aexit__()
 
 
 async def test_requests_beyond_the_limit_wait_for_a_connection() -> None:
@@ -498,21 +441,15 @@ async def test_a_slow_reader_pauses_the_backend(pool: Upstream) -> None:
     client; nothing is lost when it goes on."""
     size = 8 * 1024 * 1024
 
-    def make(backend: Backend) -> Script:
-        async def script(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await backend.read_request(reader)
-            writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
-            for _ in range(size // 65536):
-                writer.write(b"z" * 65536)
-                await writer.drain()
-            await reader.read(1)
+    async def script(backend: Backend, reader: Reader, writer: Writer, _: int) -> None:
+        await backend.read_request(reader)
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+        for _ in range(size // 65536):
+            writer.write(b"z" * 65536)
+            await writer.drain()
+        await reader.read(1)
 
-        return script
-
-    backend = await backend_with(make)
-    try:
+    async with Backend(script) as backend:
         response = await pool.request(backend.port, "POST", "/", b"", b"")
         connection = response._connection
         for _ in range(2000):  # bounded: the backend writes until the client pauses
@@ -526,33 +463,23 @@ async def test_a_slow_reader_pauses_the_backend(pool: Upstream) -> None:
             total += len(chunk)
         assert total == size
         response.close()
-    finally:
-        await backend.__aexit__()
 
 
 async def test_a_large_body_is_sent_whole(pool: Upstream) -> None:
     body = bytes(range(256)) * (12 * 1024 * 4)  # 12 MiB, written in slices
 
-    def make(backend: Backend) -> Script:
-        async def script(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            received = await backend.read_request(reader)
-            answer = str(len(received)).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
-            await writer.drain()
-            assert received == body
-            await reader.read(1)
+    async def script(backend: Backend, reader: Reader, writer: Writer, _: int) -> None:
+        received = await backend.read_request(reader)
+        answer = str(len(received)).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+        await writer.drain()
+        assert received == body
+        await reader.read(1)
 
-        return script
-
-    backend = await backend_with(make)
-    try:
+    async with Backend(script) as backend:
         response = await pool.request(backend.port, "POST", "/", b"", body)
         assert await response.read() == str(len(body)).encode()
         response.close()
-    finally:
-        await backend.__aexit__()
 
 
 async def test_an_early_answer_stops_the_body_and_the_connection_is_not_reused(
@@ -560,19 +487,14 @@ async def test_an_early_answer_stops_the_body_and_the_connection_is_not_reused(
 ) -> None:
     """A backend that refuses a large body without reading it (413 at once)."""
 
-    def make(backend: Backend) -> Script:
-        async def script(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await reader.readuntil(b"\r\n\r\n")
-            writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
-            await writer.drain()
-            await backend_closed.wait()
-
-        return script
+    async def script(backend: Backend, reader: Reader, writer: Writer, _: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await backend_closed.wait()
 
     backend_closed = asyncio.Event()
-    backend = await backend_with(make)
+    backend = await backend_with(script)
     try:
         response = await pool.request(backend.port, "POST", "/", b"", b"b" * (64 * 1024 * 1024))
         assert response.status == 413
@@ -605,39 +527,28 @@ async def test_closing_the_pool_fails_what_is_under_way() -> None:
     pool = Upstream()
     hold = asyncio.Event()
 
-    def make(backend: Backend) -> Script:
-        async def script(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await backend.read_request(reader)
-            hold.set()
-            await reader.read(1)
+    async def script(backend: Backend, reader: Reader, writer: Writer, _: int) -> None:
+        await backend.read_request(reader)
+        hold.set()
+        await reader.read(1)
 
-        return script
-
-    backend = await backend_with(make)
-    try:
+    async with Backend(script) as backend:
         pending = asyncio.ensure_future(pool.request(backend.port, "GET", "/", b"", b""))
         await hold.wait()
         await pool.close()
         with pytest.raises(UpstreamError):
             await pending
-    finally:
-        await backend.__aexit__()
 
 
 async def test_a_refused_body_does_not_leave_its_connection_for_the_next(pool: Upstream) -> None:
     """An error answer to a request with a body may have left the body unread: the
     connection is closed, not reused (a request without a body keeps it)."""
     refused = b"HTTP/1.1 400 Bad Request\r\nContent-Length: 2\r\n\r\n{}"
-    backend = await backend_with(answering(refused))
-    try:
+    async with Backend(answering(refused)) as backend:
         response, _ = await fetch(pool, backend)
         assert response.status == 400
         await backend.closed_by_client.wait()
         assert pool.idle_connections(backend.port) == 0
-    finally:
-        await backend.__aexit__()
     backend = await backend_with(
         answering(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", OK)
     )
@@ -655,30 +566,22 @@ async def test_a_backend_that_answers_while_it_reads_gets_the_whole_body(pool: U
     (and the answer ends after the backend has read it all)."""
     size = 16 * 1024 * 1024
 
-    def make(backend: Backend) -> Script:
-        async def script(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await reader.readuntil(b"\r\n\r\n")
-            await reader.readexactly(1024 * 1024)
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
-            await writer.drain()
-            rest = await reader.readexactly(size - 1024 * 1024)
-            writer.write(b"%08d" % (len(rest) // 1024))
-            await writer.drain()
-            await reader.read(1)
+    async def script(backend: Backend, reader: Reader, writer: Writer, _: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(1024 * 1024)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\n")
+        await writer.drain()
+        rest = await reader.readexactly(size - 1024 * 1024)
+        writer.write(b"%08d" % (len(rest) // 1024))
+        await writer.drain()
+        await reader.read(1)
 
-        return script
-
-    backend = await backend_with(make)
-    try:
+    async with Backend(script) as backend:
         response = await pool.request(backend.port, "POST", "/", b"", b"d" * size)
         assert await response.read() == b"%08d" % (15 * 1024)
         response.close()
         # It answered before it had the body: the connection is not trusted with another.
         assert pool.idle_connections(backend.port) == 0
-    finally:
-        await backend.__aexit__()
 
 
 async def test_a_body_until_close_cut_by_closing_the_pool_is_not_complete() -> None:
@@ -706,17 +609,12 @@ async def test_a_request_given_up_during_its_body_leaves_no_unread_failure(pool:
     started = asyncio.Event()
     finished = asyncio.Event()
 
-    def make(backend: Backend) -> Script:
-        async def script(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter, _: int
-        ) -> None:
-            await reader.readuntil(b"\r\n\r\n")
-            started.set()
-            await finished.wait()  # reads nothing of the body
+    async def script(backend: Backend, reader: Reader, writer: Writer, _: int) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        started.set()
+        await finished.wait()  # reads nothing of the body
 
-        return script
-
-    backend = await backend_with(make)
+    backend = await backend_with(script)
     try:
         request = asyncio.ensure_future(
             pool.request(backend.port, "POST", "/", b"", b"u" * (64 * 1024 * 1024))
@@ -759,8 +657,7 @@ async def test_a_connection_paused_for_a_slow_reader_reads_again_when_reused(
     # One byte over the mark: the read that pauses reading is always the one that ends it.
     size = upstream_module._HIGH_WATER + 1
     big = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"b" * size
-    backend = await backend_with(answering(big, OK))
-    try:
+    async with Backend(answering(big, OK)) as backend:
         first = await pool.request(backend.port, "POST", "/", b"", b"")
         for _ in range(2000):  # bounded: until the whole answer is in, unread
             if first._complete:
@@ -774,5 +671,3 @@ async def test_a_connection_paused_for_a_slow_reader_reads_again_when_reused(
         assert await asyncio.wait_for(second.read(), 10) == b"{}"
         second.close()
         assert backend.connections == 1
-    finally:
-        await backend.__aexit__()
