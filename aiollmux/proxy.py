@@ -18,7 +18,13 @@ from aiollmux.admission import InFlightGuard
 from aiollmux.config import ModelConfig
 from aiollmux.errors import BackendError
 from aiollmux.paths import request_target
-from aiollmux.upstream import Response, Upstream, UpstreamError, header_lines
+from aiollmux.upstream import (
+    Response,
+    Upstream,
+    UpstreamError,
+    connection_tokens,
+    header_lines,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +53,6 @@ _STREAM_END = b"data: [DONE]\n\n"
 _END_LEN = len(_STREAM_END)
 
 
-def _connection_tokens(values: list[str]) -> set[str]:
-    return {token.strip().lower() for value in values for token in value.split(",")}
-
-
 # The sets of header names dropped in each direction (computed once, not per request).
 _DROP_REQUEST = frozenset(name.encode() for name in HOP_BY_HOP | _SET_BY_CLIENT)
 _DROP_REQUEST_AND_AUTH = _DROP_REQUEST | {b"authorization"}
@@ -63,7 +65,7 @@ def _forwarded_fields(request: web.Request, drop: frozenset[bytes]) -> bytes:
     X-Forwarded-For as a proxy writes it — what the client sent (a claim, kept as such)
     followed by the address the request really came from (docs/design.md §5)."""
     if "Connection" in request.headers:  # it may name more connection-specific headers
-        named = _connection_tokens(request.headers.getall("Connection"))
+        named = connection_tokens(request.headers.getall("Connection"))
         drop = drop | {token.encode("utf-8", "surrogateescape") for token in named}
     kept: list[tuple[bytes, bytes]] = []
     claimed: list[bytes] = []
