@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 
 from aiollmux.admission import InFlightGuard
 from aiollmux.config import ModelConfig
@@ -48,9 +48,12 @@ HOP_BY_HOP = frozenset(
 _SET_BY_CLIENT = frozenset({"host", "content-length", "expect"})
 # A backend reply with a Content-Length up to this is read whole and answered in one write.
 SMALL_REPLY = 64 * 1024
-# The last event of an OpenAI-style event stream.
+# The last event of an OpenAI-style event stream (and, framed, its chunk's end).
 _STREAM_END = b"data: [DONE]\n\n"
-_END_LEN = len(_STREAM_END)
+_FRAMED_END = _STREAM_END + b"\r\n"
+# A framed answer is written straight to the client's transport; above this many bytes
+# waiting there, the proxy waits for them to drain (aiohttp's own writer does the same).
+_WRITE_HIGH = 64 * 1024
 
 
 # The sets of header names dropped in each direction (computed once, not per request).
@@ -177,7 +180,13 @@ class Proxy:
         guard.on_cut = lambda: _cut(request, None)
         try:
             return await self.upstream.request(
-                model.port, request.method, _target(request), fields, body
+                model.port,
+                request.method,
+                _target(request),
+                fields,
+                body,
+                # A chunked answer goes to an HTTP/1.1 client chunked, as it came.
+                framed=request.version == HttpVersion11,
             )
         except UpstreamError as exc:
             raise _backend_error(model, exc) from None
@@ -231,17 +240,38 @@ async def _stream(
     guard: InFlightGuard,
     on_started: Callable[[int], None] | None,
 ) -> web.StreamResponse:
-    """Anything else, passed on as its bytes arrive (`iter_any()`)."""
+    """Anything else, passed on as its bytes arrive (`iter_any()`).
+
+    A chunked answer to an HTTP/1.1 client comes framed (`Response.framed`): its bytes go
+    to the client's transport as they are, and aiohttp's writer, told the body is chunked,
+    writes only the head and, when the handler returns, the last chunk. Framing each piece
+    again in aiohttp's writer cost more CPU per chunk of a token stream than reading it."""
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     response.headers.extend(_passed_back(upstream, length=True))
-    tail = b""  # the last bytes sent: has the client had an event stream's end?
+    framed = upstream.framed
+    if framed:
+        response.enable_chunked_encoding()
+    # The last two pieces sent (kept, not copied): has the client had the stream's end?
+    before = sent = b""
     try:
         await response.prepare(request)
         if on_started is not None:
             on_started(response.status)
-        async for chunk in upstream.iter_any():
-            await response.write(chunk)
-            tail = (tail + chunk)[-_END_LEN:] if len(chunk) < _END_LEN else chunk[-_END_LEN:]
+        if framed:
+            writer = request.writer
+            writer.send_headers()
+            async for piece in upstream.iter_any():
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("the client went away")
+                transport.write(piece)
+                before, sent = sent, piece
+                if transport.get_write_buffer_size() > _WRITE_HIGH:
+                    await writer.drain()
+        else:
+            async for piece in upstream.iter_any():
+                await response.write(piece)
+                before, sent = sent, piece
     except UpstreamError as exc:
         if not guard.was_cut:  # a drain timeout is logged as drain_timeout
             logger.warning(
@@ -255,12 +285,18 @@ async def _stream(
             request.transport.close()
     except ConnectionResetError:  # writing to a client that has gone
         if not guard.was_cut:  # (a drain timeout closed it: logged as drain_timeout)
-            _client_disconnected(model, tail == _STREAM_END)
+            _client_disconnected(model, _had_end(before, sent))
             raise ClientGone(response) from None
     except asyncio.CancelledError:
-        _client_disconnected(model, tail == _STREAM_END)
+        _client_disconnected(model, _had_end(before, sent))
         raise
     return response
+
+
+def _had_end(before: bytes, sent: bytes) -> bool:
+    """Do the last two pieces sent end an event stream (framed or not)?"""
+    tail = sent if len(sent) >= len(_FRAMED_END) else before + sent
+    return tail.endswith((_STREAM_END, _FRAMED_END))
 
 
 def _target(request: web.Request) -> str:

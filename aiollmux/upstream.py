@@ -81,6 +81,8 @@ class Response:
         fields: list[tuple[str, str]],
         content_length: int | None,
         connection_tokens: set[str],
+        *,
+        framed: bool = False,
     ) -> None:
         self.status = status
         self.reason = reason
@@ -90,6 +92,9 @@ class Response:
         # The lowercased tokens of its Connection header: the fields they name, too, are
         # meant for this hop only (RFC 9110 §7.6.1).
         self.connection_tokens = connection_tokens
+        # The body comes as chunks, framed as the backend framed them (asked for with
+        # `framed=True`; the last chunk is the reader's to write): see _chunked_data.
+        self.framed = framed
         self._connection = connection
         self._chunks: list[bytes] = []
         self._buffered = 0
@@ -193,6 +198,7 @@ class _Connection(asyncio.Protocol):
         self._reading_paused = False
         self._aborted = False  # closed by us: a body until close is then cut, not complete
         self._with_body = False  # did the request carry a body?
+        self._framed = False  # is a chunked body handed over with its framing?
         self._body_sent = True  # has all of it been handed to the transport?
 
     # -- asyncio.Protocol --------------------------------------------------------------
@@ -241,7 +247,9 @@ class _Connection(asyncio.Protocol):
 
     # -- one request -------------------------------------------------------------------
 
-    async def send(self, head: bytes, body: bytes, head_request: bool) -> Response:
+    async def send(
+        self, head: bytes, body: bytes, head_request: bool, framed: bool = False
+    ) -> Response:
         """Write one request and wait for its answer's head."""
         transport = self.transport
         assert transport is not None
@@ -250,6 +258,7 @@ class _Connection(asyncio.Protocol):
         self._answered = False
         self._response = None
         self._with_body = bool(body)
+        self._framed = framed
         waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._head_waiter = waiter
         if len(body) <= _ONE_WRITE:
@@ -455,7 +464,15 @@ class _Connection(asyncio.Protocol):
         else:
             self._state = _UNTIL_CLOSE
             self._keep_alive = False
-        response = self._response = Response(self, code, reason, fields, content_length, connection)
+        response = self._response = Response(
+            self,
+            code,
+            reason,
+            fields,
+            content_length,
+            connection,
+            framed=self._framed and self._state == _CHUNKED,
+        )
         if self._state == _DONE:
             self._done()
         waiter = self._head_waiter
@@ -491,7 +508,14 @@ class _Connection(asyncio.Protocol):
     def _chunked_data(self, data: bytes) -> None:
         """Chunked framing (RFC 9112 §7.1), the common steps first: a size line matched
         where it starts, the data sliced, its CRLF checked in place (an event stream
-        brings dozens of chunks per read)."""
+        brings dozens of chunks per read).
+
+        Undone, the body's data is handed over. Kept (`framed`, for a client that is sent
+        the body chunked too), the framing is checked and handed over with the data, as
+        every HTTP/1.1 client reads it: mostly the very bytes that arrived, a size line
+        with extensions or a bare LF written anew, the last chunk and trailer section
+        left out (the proxy's server ends the body itself)."""
+        framed = self._framed
         if self._buffer:
             data = self._buffer + data
             self._buffer = b""
@@ -502,23 +526,32 @@ class _Connection(asyncio.Protocol):
                 start = match.end()
                 end = start + int(match[1], 16)
                 if end > start and end + 2 == len(data) and data.endswith(b"\r\n"):
-                    self._body(data[start:end])
-                    return
+                    if not framed:
+                        self._body(data[start:end])
+                        return
+                    if _plain_size_line(data, match):
+                        self._body(data)
+                        return
+        state = self._chunk_state
+        # Framed: the bytes from `kept` on go out as they came (-1: after the last chunk,
+        # nothing more does); `pieces` holds what goes out before them.
+        kept = -1 if state == _TRAILER else 0
         pieces: list[bytes] = []
         at = 0
         size = len(data)
-        state = self._chunk_state
         finished = False
         while at < size:
             if state == _CHUNK_DATA:
                 end = at + self._remaining
                 if end <= size:
-                    pieces.append(data[at:end])
+                    if not framed:
+                        pieces.append(data[at:end])
                     at = end
                     self._remaining = 0
                     state = _CHUNK_END
                 else:
-                    pieces.append(data[at:] if at else data)
+                    if not framed:
+                        pieces.append(data[at:] if at else data)
                     self._remaining = end - size
                     at = size
                 continue
@@ -528,6 +561,9 @@ class _Connection(asyncio.Protocol):
                     at += 2
                 elif data.startswith(b"\n", at):
                     at += 1
+                    if framed:
+                        pieces += (data[kept : at - 1], b"\r\n")
+                        kept = at
                 elif data[at:] == b"\r":
                     self._buffer = b"\r"
                     break
@@ -540,7 +576,15 @@ class _Connection(asyncio.Protocol):
                 match = _CHUNK_SIZE_LINE.match(data, at)
                 if match is not None:
                     self._remaining = int(match[1], 16)
-                    at = match.end()
+                    line_end = match.end()
+                    if framed and (not self._remaining or not _plain_size_line(data, match)):
+                        pieces.append(data[kept:at])
+                        if self._remaining:  # a size line with extensions or a bare LF
+                            pieces.append(b"%x\r\n" % self._remaining)
+                            kept = line_end
+                        else:  # the last chunk: the trailer section follows
+                            kept = -1
+                    at = line_end
                     state = _CHUNK_DATA if self._remaining else _TRAILER
                     continue
             # A line the steps above did not take: incomplete, a bare LF, or wrong.
@@ -563,12 +607,23 @@ class _Connection(asyncio.Protocol):
                 self._bad("the backend sent an over-long trailer line")
                 return
         self._chunk_state = state
+        if framed and kept != -1:
+            # Up to `at`: what is not sent now is held in the buffer, to be read again.
+            pieces.append(data if kept == 0 and at == size else data[kept:at])
         if pieces:
-            self._body(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            if body:
+                self._body(body)
         if finished:
             if at < size:  # bytes beyond the answer: never reuse
                 self._keep_alive = False
             self._done()
+
+
+def _plain_size_line(data: bytes, match: re.Match[bytes]) -> bool:
+    """Is the chunk-size line `match` found just the size and a CRLF (as a client gets it)?"""
+    end = match.end()
+    return match.end(1) + 2 == end and data[end - 2] == 0x0D  # CR
 
 
 def connection_tokens(values: Iterable[str]) -> set[str]:
@@ -632,17 +687,25 @@ class Upstream:
         self._closed = False
 
     async def request(
-        self, port: int, method: str, target: str, fields: bytes, body: bytes
+        self,
+        port: int,
+        method: str,
+        target: str,
+        fields: bytes,
+        body: bytes,
+        *,
+        framed: bool = False,
     ) -> Response:
         """Send one request and return its answer once its head is in. A pooled connection
-        found closed before it answered is replaced once (nothing reached the client)."""
+        found closed before it answered is replaced once (nothing reached the client).
+        `framed`: a chunked answer's body is handed over still chunked (`Response.framed`)."""
         head = request_head(method, target, port, fields, len(body))
         for attempt in (1, 2):
             await self._slots.acquire()
             connection: _Connection | None = None
             try:
                 connection = self._pooled(port) or await self._connect(port)
-                return await connection.send(head, body, method == "HEAD")
+                return await connection.send(head, body, method == "HEAD", framed)
             except ConnectionClosed as exc:
                 self._slots.release()
                 stale = connection is not None and connection.reused and not exc.answered

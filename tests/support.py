@@ -16,7 +16,7 @@ import sys
 import textwrap
 import time
 import tomllib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -438,6 +438,40 @@ class RawResponse:
     status: int
     headers: CIMultiDict[str]
     body: bytes
+
+
+# What a raw backend writes: its bytes, then (if it is a coroutine) whatever it awaits.
+Reply = Callable[[asyncio.StreamWriter], Awaitable[None] | None]
+
+
+@asynccontextmanager
+async def raw_backend(
+    reply: Reply, *, sent: asyncio.Event | None = None, hold: asyncio.Event | None = None
+) -> AsyncIterator[int]:
+    """A backend on a real socket that reads one request and writes `reply`'s bytes (then
+    sets `sent`, and waits for `hold` before it closes)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = 0
+        for line in head.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        await reader.readexactly(length)
+        writing = reply(writer)
+        if writing is not None:
+            await writing
+        await writer.drain()
+        if sent is not None:
+            sent.set()
+        if hold is not None:
+            await hold.wait()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    async with server:
+        yield server.sockets[0].getsockname()[1]
 
 
 async def raw_exchange(url: str, request: bytes) -> RawResponse | None:

@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from aiollmux import upstream as upstream_module
 from aiollmux.upstream import (
@@ -169,12 +172,16 @@ async def connected_pair(
     return connection, theirs
 
 
-async def parse_split(pool: Upstream, answer: bytes, cuts: Sequence[int]) -> tuple[bytes, bool]:
+async def parse_split(
+    pool: Upstream, answer: bytes, cuts: Sequence[int], *, framed: bool = False
+) -> tuple[bytes, bool]:
     """Feed `answer` to a connection's parser in pieces cut at `cuts`: the body and
     whether the connection could be reused."""
     connection, other = await connected_pair(pool)
     try:
-        sending = asyncio.ensure_future(connection.send(b"", b"", head_request=False))
+        sending = asyncio.ensure_future(
+            connection.send(b"", b"", head_request=False, framed=framed)
+        )
         await asyncio.sleep(0)
         bounds = [0, *cuts, len(answer)]
         for start, end in itertools.pairwise(bounds):
@@ -671,3 +678,109 @@ async def test_a_connection_paused_for_a_slow_reader_reads_again_when_reused(
         assert await asyncio.wait_for(second.read(), 10) == b"{}"
         second.close()
         assert backend.connections == 1
+
+
+# -- a chunked body handed over still framed (for a client sent it chunked) ---------------
+
+# CHUNKED_ANSWER's body as every HTTP/1.1 client reads it: the extension and the trailer
+# gone, the sizes and data as they came.
+CHUNKED_FRAMED = b"6\r\ndata: \r\n1a\r\n" + b"x" * 26 + b"\r\nc\r\n\r\n\r\ndata: [D\r\n"
+
+
+def strictly_unchunked(framed: bytes) -> bytes:
+    """The data of a chunked body that must be plain `SIZE CRLF data CRLF` chunks (no
+    extension, no bare LF, no last chunk): any other byte fails."""
+    data, at = b"", 0
+    while at < len(framed):
+        line_end = framed.index(b"\r\n", at)
+        size_text = framed[at:line_end]
+        assert re.fullmatch(rb"[0-9a-fA-F]+", size_text) is not None, size_text
+        size = int(size_text, 16)
+        assert size > 0
+        start = line_end + 2
+        data += framed[start : start + size]
+        assert framed[start + size : start + size + 2] == b"\r\n"
+        at = start + size + 2
+    return data
+
+
+async def test_a_framed_chunked_answer_is_canonical_at_every_split(pool: Upstream) -> None:
+    for cut in range(1, len(CHUNKED_ANSWER)):
+        assert await parse_split(pool, CHUNKED_ANSWER, [cut], framed=True) == (
+            CHUNKED_FRAMED,
+            True,
+        ), cut
+    every_byte = range(1, len(CHUNKED_ANSWER))
+    assert await parse_split(pool, CHUNKED_ANSWER, every_byte, framed=True) == (
+        CHUNKED_FRAMED,
+        True,
+    )
+    assert strictly_unchunked(CHUNKED_FRAMED) == CHUNKED_BODY
+
+
+async def test_a_framed_answer_writes_bare_lfs_and_extensions_anew(pool: Upstream) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer = head + b"5\nhello\n3 ;a=b\r\n, w\r\n006\r\norld!\n\r\n0\nT: 1\n\n"
+    expected = b"5\r\nhello\r\n3\r\n, w\r\n006\r\norld!\n\r\n"
+    for cut in range(len(head), len(answer)):
+        assert await parse_split(pool, answer, [cut], framed=True) == (expected, True), cut
+    # One read of exactly one chunk, with an extension: the short way does not take it.
+    one = head + b"3;x=1\r\nabc\r\n"
+    reads = [len(head), len(one)]
+    body, _ = await parse_split(pool, one + b"0\r\n\r\n", reads, framed=True)
+    assert body == b"3\r\nabc\r\n"
+
+
+async def test_a_framed_answer_is_checked_like_an_undone_one(pool: Upstream) -> None:
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with pytest.raises(BadResponse, match="longer than its size line"):
+        await parse_split(pool, head + b"5\r\nhelloXY", [len(head)], framed=True)
+    with pytest.raises(BadResponse, match="invalid chunk size line"):
+        await parse_split(pool, head + b"5\r\nhello\r\nzz\r\n", [len(head)], framed=True)
+    # Bytes after the answer's end: the body is whole, the connection never reused.
+    body, reusable = await parse_split(pool, CHUNKED_ANSWER + b"junk", [], framed=True)
+    assert (body, reusable) == (CHUNKED_FRAMED, False)
+
+
+@st.composite
+def chunked_answers(draw: st.DrawFn) -> tuple[bytes, bytes, list[int]]:
+    """A chunked answer in any spelling the parser takes, its data, and read cuts."""
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    data = draw(st.binary(min_size=0, max_size=300))
+    pieces, at = [head], 0
+    while at < len(data):
+        size = draw(st.integers(1, len(data) - at))
+        hex_size = draw(st.sampled_from([b"%x", b"%X", b"00%x"])) % size
+        extension = draw(st.sampled_from([b"", b";x=1", b' ;n="v"', b"\t"]))
+        line_end, data_end = draw(st.sampled_from([(b"\r\n", b"\r\n"), (b"\n", b"\n")]))
+        pieces.append(hex_size + extension + line_end + data[at : at + size] + data_end)
+        at += size
+    pieces.append(draw(st.sampled_from([b"0\r\n\r\n", b"0;e\r\nX-T: 1\r\n\r\n", b"0\n\n"])))
+    answer = b"".join(pieces)
+    cuts = draw(st.lists(st.integers(len(head), len(answer) - 1), max_size=8, unique=True))
+    return answer, data, sorted(cuts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(case=chunked_answers())
+# A size line of the right length that is not the size and a CRLF (found by this test).
+@example(
+    case=(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\t\n\x00\n0\r\n\r\n", b"\x00", [])
+)
+def test_framed_and_undone_bodies_agree(case: tuple[bytes, bytes, list[int]]) -> None:
+    answer, data, cuts = case
+
+    async def both() -> tuple[tuple[bytes, bool], tuple[bytes, bool]]:
+        pool = Upstream(limit=8, keepalive_secs=30, connect_secs=5)
+        try:
+            undone = await parse_split(pool, answer, cuts)
+            framed = await parse_split(pool, answer, cuts, framed=True)
+        finally:
+            await pool.close()
+        return undone, framed
+
+    (undone, reusable), (framed, framed_reusable) = asyncio.run(both())
+    assert undone == data
+    assert strictly_unchunked(framed) == data
+    assert reusable
+    assert framed_reusable

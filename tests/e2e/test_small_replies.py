@@ -5,44 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 
 import aiohttp
 import pytest
 
 from aiollmux.proxy import SMALL_REPLY
-from tests.support import Lab, raw_exchange, running_daemon
-
-Reply = Callable[[asyncio.StreamWriter], None]
-
-
-@asynccontextmanager
-async def raw_backend(
-    reply: Reply, *, sent: asyncio.Event | None = None, hold: asyncio.Event | None = None
-) -> AsyncIterator[int]:
-    """A backend on a real socket that reads one request and writes `reply`'s bytes (then
-    sets `sent`, and waits for `hold` before it closes)."""
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = 0
-        for line in head.decode("latin-1").split("\r\n"):
-            name, _, value = line.partition(":")
-            if name.strip().lower() == "content-length":
-                length = int(value)
-        await reader.readexactly(length)
-        reply(writer)
-        await writer.drain()
-        if sent is not None:
-            sent.set()
-        if hold is not None:
-            await hold.wait()
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0)
-    async with server:
-        yield server.sockets[0].getsockname()[1]
+from tests.support import Lab, raw_backend, raw_exchange, running_daemon
 
 
 async def test_a_small_reply_cut_by_the_backend_is_a_502_not_half_a_200(lab: Lab) -> None:
