@@ -320,4 +320,7 @@ def _cut(request: web.Request, upstream: Response | None) -> None:
     if upstream is not None:
         upstream.close()
     if request.transport is not None:
-        request.transport.close()
+        # Aborted, not closed: close() waits for the bytes still buffered to reach a
+        # client that may have stopped reading, and until then the handler waiting for
+        # them to drain would never unwind (nor give its model back).
+        request.transport.abort()
