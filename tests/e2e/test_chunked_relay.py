@@ -74,6 +74,28 @@ async def test_an_http_1_0_client_gets_the_data(lab: Lab) -> None:
     assert body == DATA
 
 
+async def test_an_http_1_0_client_asking_for_keep_alive_gets_the_end_of_the_data(
+    lab: Lab,
+) -> None:
+    """Review of issue 12: an HTTP/1.0 client has no chunked encoding, so the data of a
+    chunked answer ends only when the connection closes; aiohttp's writer said nothing of
+    keep-alive but kept the connection open for a client that asked for it, which then
+    waited for ever for the end. The daemon closes it."""
+
+    def reply(writer: asyncio.StreamWriter) -> None:
+        writer.write(ANSWER)
+
+    request = (REQUEST % 0).replace(b"Connection: close", b"Connection: keep-alive")
+    async with (
+        raw_backend(reply) as port,
+        running_daemon(lab.config(ports={"chunk": port})) as daemon,
+    ):
+        head, body = await exchange(daemon.url, request)
+    assert head.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert b"keep-alive" not in head.lower()
+    assert body == DATA
+
+
 async def test_a_large_chunked_answer_reaches_a_slow_reader_whole(lab: Lab) -> None:
     """Many MiB, more than the daemon lets wait for a client: it stops reading the backend
     while the client's socket is full and goes on as the client reads."""
