@@ -251,6 +251,10 @@ async def _stream(
     framed = upstream.framed
     if framed:
         response.enable_chunked_encoding()
+    elif upstream.content_length is None and request.version < HttpVersion11:
+        # An HTTP/1.0 client: the body ends when the connection closes. (aiohttp 3.14
+        # kept it open for a client that asked for keep-alive, without saying so.)
+        response.force_close()
     # The last two pieces sent (kept, not copied): has the client had the stream's end?
     before = sent = b""
     try:
@@ -320,4 +324,7 @@ def _cut(request: web.Request, upstream: Response | None) -> None:
     if upstream is not None:
         upstream.close()
     if request.transport is not None:
-        request.transport.close()
+        # Aborted, not closed: close() waits for the bytes still buffered to reach a
+        # client that may have stopped reading, and until then the handler waiting for
+        # them to drain would never unwind (nor give its model back).
+        request.transport.abort()
