@@ -58,7 +58,6 @@ IDLE_CPU_LIMIT_PERCENT = 0.05  # of one CPU, all threads (issue 12)
 RSS_AFTER_LIMIT_MIB = 55.0  # issue 12: after the whole run
 SSE_RATE_RATIO = 0.95  # issue 12: unpaced streams' chunks/s over the pass-through's
 PACED_TTFB_P99_MS = 200.0  # issue 12: 256 paced streams opened at once
-IDLE_SETTLE_SECS = 3.0
 # (MiB, one base64 image instead of a chat, "model" first)
 BODY_CASES = (
     (1, False, True),
@@ -99,6 +98,13 @@ class Settings:
     hold_wait_secs: float
     open_streams: int
     idle_secs: float
+    # Before the idle window: the run's after-effects pass. In a full run that is the
+    # keep-alive expiry of the connections the run left open — the bench's own client
+    # closes its idle ones to each proxy after 15 s (aiohttp's default), aiollmux closes
+    # its pooled backend connections after 30 s (aiollmux/proxy.py) — each ~15-20 ms of
+    # CPU once for 256 connections, which is load, not what an idle daemon costs; and
+    # the heap trim 2 s after the last large body (aiollmux/allocator.py).
+    idle_settle_secs: float
     wrk_slices: int = 3  # wrk runs per target and concurrency, interleaved
     wrk_slice_secs: float = 3.0
 
@@ -122,6 +128,7 @@ FULL = Settings(
     hold_wait_secs=3.0,
     open_streams=256,
     idle_secs=10.0,
+    idle_settle_secs=32.0,
 )
 QUICK = Settings(
     name="quick",
@@ -142,6 +149,7 @@ QUICK = Settings(
     hold_wait_secs=2.0,
     open_streams=256,
     idle_secs=3.0,
+    idle_settle_secs=3.0,
     wrk_slices=1,
     wrk_slice_secs=2.0,
 )
@@ -649,9 +657,7 @@ async def switching(
 
 async def idle(setup: Setup, settings: Settings, rows: list[Row]) -> None:
     proxies = setup.targets[1:]
-    # Let the run's after-effects pass first: the heap trim 2 s after the last large body
-    # (aiollmux/allocator.py) is one-off work, not what an idle daemon costs.
-    await asyncio.sleep(IDLE_SETTLE_SECS)
+    await asyncio.sleep(settings.idle_settle_secs)  # the run's after-effects pass first
     before = {t.key: run_seconds(t.pid) for t in proxies}
     await asyncio.sleep(settings.idle_secs)  # the measurement window itself
     used: dict[str, Value] = {}
