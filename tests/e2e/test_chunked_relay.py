@@ -45,7 +45,9 @@ async def exchange(url: str, request: bytes) -> tuple[bytes, bytes]:
         await writer.wait_closed()
 
 
-async def test_an_http_1_1_client_gets_the_chunks_as_every_client_reads_them(lab: Lab) -> None:
+async def relayed(lab: Lab, request: bytes) -> tuple[bytes, bytes]:
+    """ANSWER from a raw backend, through the daemon, to a client sending `request`."""
+
     def reply(writer: asyncio.StreamWriter) -> None:
         writer.write(ANSWER)
 
@@ -53,7 +55,11 @@ async def test_an_http_1_1_client_gets_the_chunks_as_every_client_reads_them(lab
         raw_backend(reply) as port,
         running_daemon(lab.config(ports={"chunk": port})) as daemon,
     ):
-        head, body = await exchange(daemon.url, REQUEST % 1)
+        return await exchange(daemon.url, request)
+
+
+async def test_an_http_1_1_client_gets_the_chunks_as_every_client_reads_them(lab: Lab) -> None:
+    head, body = await relayed(lab, REQUEST % 1)
     assert head.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"\r\nTransfer-Encoding: chunked\r\n" in head
     assert b"Content-Length" not in head
@@ -61,14 +67,7 @@ async def test_an_http_1_1_client_gets_the_chunks_as_every_client_reads_them(lab
 
 
 async def test_an_http_1_0_client_gets_the_data(lab: Lab) -> None:
-    def reply(writer: asyncio.StreamWriter) -> None:
-        writer.write(ANSWER)
-
-    async with (
-        raw_backend(reply) as port,
-        running_daemon(lab.config(ports={"chunk": port})) as daemon,
-    ):
-        head, body = await exchange(daemon.url, REQUEST % 0)
+    head, body = await relayed(lab, REQUEST % 0)
     assert head.startswith(b"HTTP/1.0 200 OK\r\n")
     assert b"Transfer-Encoding" not in head
     assert body == DATA
@@ -81,16 +80,8 @@ async def test_an_http_1_0_client_asking_for_keep_alive_gets_the_end_of_the_data
     chunked answer ends only when the connection closes; aiohttp's writer said nothing of
     keep-alive but kept the connection open for a client that asked for it, which then
     waited for ever for the end. The daemon closes it."""
-
-    def reply(writer: asyncio.StreamWriter) -> None:
-        writer.write(ANSWER)
-
     request = (REQUEST % 0).replace(b"Connection: close", b"Connection: keep-alive")
-    async with (
-        raw_backend(reply) as port,
-        running_daemon(lab.config(ports={"chunk": port})) as daemon,
-    ):
-        head, body = await exchange(daemon.url, request)
+    head, body = await relayed(lab, request)
     assert head.startswith(b"HTTP/1.0 200 OK\r\n")
     assert b"keep-alive" not in head.lower()
     assert body == DATA
