@@ -529,7 +529,7 @@ class _Connection(asyncio.Protocol):
                     if not framed:
                         self._body(data[start:end])
                         return
-                    if match.end(1) + 2 == start and data[start - 2] == 0x0D:  # plain
+                    if _plain_size_line(data, match):
                         self._body(data)
                         return
         state = self._chunk_state
